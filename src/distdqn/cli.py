@@ -1,0 +1,210 @@
+"""Command line: ``distdqn train | eval | bench | plot``.
+
+Exit codes: 0 success; 1 the run failed (e.g. a non-finite loss); 2 invalid config,
+unknown environment or unusable run directory (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml, to_dict
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"distdqn: error: {msg}", file=sys.stderr)
+    return code
+
+
+def build_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Merge preset <- --config FILE <- flags <- --set overrides, validate. Raises ConfigError."""
+    data: dict[str, Any] = {}
+    if args.config:
+        data = load_yaml(args.config)
+    flag_map = {
+        "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
+        "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
+        "seed": "seed", "runtime": "runtime", "device": "learner.device",
+    }
+    flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
+    if getattr(args, "no_progress", False):
+        flags.append("progress=false")
+    data = apply_overrides(data, flags + list(args.set or []))
+    return from_dict(data)
+
+
+def _default_run_dir(cfg: ExperimentConfig) -> Path:
+    env = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.env.id).strip("-")
+    return Path("runs") / f"{env}-{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distdqn.envs import EnvSpecError
+
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            cfg_path = run_dir / "config.yaml"
+            if not cfg_path.is_file():
+                return _fail(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+            data = apply_overrides(load_yaml(cfg_path), _train_flags_as_overrides(args))
+            cfg = from_dict(data)
+        else:
+            cfg = build_config(args)
+            run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
+        from distdqn.program import spaces_for
+
+        spaces = spaces_for(cfg)
+    except (ConfigError, EnvSpecError) as exc:
+        return _fail(str(exc))
+    if not args.resume:
+        if (run_dir / "checkpoints").exists():
+            return _fail(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"distdqn: {cfg.preset} on {cfg.env.id}, {cfg.actor.num_actors} actors x {cfg.env.envs_per_actor} envs, "
+          f"runtime={cfg.runtime}, seed={cfg.seed} -> {run_dir}", file=sys.stderr)
+    from distdqn.core import NonFiniteLossError
+
+    try:
+        if cfg.runtime == "serial":
+            from distdqn.runtime.serial import run_serial
+
+            summary = run_serial(cfg, spaces, run_dir, resume=bool(args.resume))
+        else:
+            from distdqn.runtime.local import run_local
+
+            summary = run_local(cfg, spaces, run_dir, resume=bool(args.resume))
+    except NonFiniteLossError as exc:
+        return _fail(str(exc), code=1)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _train_flags_as_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.total_env_steps is not None:
+        out.append(f"total_env_steps={args.total_env_steps}")
+    if getattr(args, "no_progress", False):
+        out.append("progress=false")
+    return out + list(args.set or [])
+
+
+def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
+    ev = s.get("final_eval_return")
+    ev_txt = "n/a" if ev is None else f"{ev:.1f} over {s.get('eval_episodes')} episodes"
+    solved = f", target reached at {s['solved_at_env_steps']} env steps" if s.get("solved") else ""
+    print(
+        f"done ({s['stop_reason']}): eval_return {ev_txt}{solved}; env_steps {s['env_steps']}, "
+        f"updates {s['updates']}, {s['wall_time_s']:.1f}s, sps {s['sps']:.0f}, ups {s['ups']:.0f}; "
+        f"transitions produced {s['produced']} = inserted {s['inserted']} + rejected {s['rejected']} "
+        f"+ dropped {s['dropped']}; run dir {run_dir}"
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from distdqn.checkpoint import load_latest
+    from distdqn.program import build_evaluator, spaces_for
+    from distdqn.envs import EnvSpecError
+
+    run_dir = Path(args.run_dir)
+    try:
+        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+        spaces = spaces_for(cfg)
+    except (ConfigError, EnvSpecError) as exc:
+        return _fail(f"{run_dir}: {exc}")
+    found = load_latest(run_dir)
+    if found is None:
+        return _fail(f"{run_dir}: no usable checkpoint under {run_dir / 'checkpoints'}")
+    path, state = found
+    version, params = state["parameter_server"]["version"], state["parameter_server"]["params"].numpy()
+    ev = build_evaluator(cfg, spaces)
+    if args.seed is not None:
+        ev.seed = args.seed
+    returns = ev.evaluate(params, args.episodes)
+    ev.close()
+    out = {"checkpoint": str(path), "param_version": int(version), "episodes": len(returns),
+           "eval_return": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+           "returns": [float(r) for r in returns]}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from distdqn.plot import plot_runs
+
+    try:
+        out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    print(out)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from distdqn.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distdqn", description="Distributed DQN (Ape-X) trainer.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or --resume) a run")
+    t.add_argument("--preset", help="topology preset (apex)")
+    t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")
+    t.add_argument("--actors", type=int, help="actor processes")
+    t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")
+    t.add_argument("--total-env-steps", type=int, dest="total_env_steps")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--runtime", help="local (processes, default) or serial (one process, deterministic)")
+    t.add_argument("--device", help="learner device: auto, cpu or cuda")
+    t.add_argument("--config", help="YAML file of config keys")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<env>-<preset>-s<seed>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    t.add_argument("--no-progress", action="store_true", dest="no_progress", help="no live progress display")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="greedy evaluation of a run's newest checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--seed", type=int)
+    e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plot", help="plot metrics.csv of one or more runs to a PNG")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", help="output PNG (default: <first run dir>/metrics.png)")
+    pl.set_defaults(func=cmd_plot)
+
+    b = sub.add_parser("bench", help="throughput against ceilings measured in the same run")
+    b.add_argument("--env", default="CartPole-v1")
+    b.add_argument("--actors", type=int, default=2)
+    b.add_argument("--seconds", type=float, default=10.0, help="measurement window per row")
+    b.add_argument("--seeds", default="0,1,2", help="seeds for the time-to-solve rows")
+    b.add_argument("--skip-solve", action="store_true", help="skip the time-to-solve rows")
+    b.add_argument("--skip-sb3", action="store_true", help="skip the Stable-Baselines3 comparison")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Data contracts and the small interfaces every role and runtime shares.
+
+See ``docs/architecture.md`` for how the roles are wired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TransitionChunk:
+    """A chunk of T n-step transitions from one actor (numpy, leading dim T).
+
+    Attributes:
+        obs: ``[T, *obs_shape]`` observation dtype (float32 or uint8).
+        action: ``[T]`` int64.
+        reward: ``[T]`` float32, the n-step discounted return sum_k gamma^k r_{t+k}.
+        discount: ``[T]`` float32, gamma^m for an m-step transition (m <= n); 0 where the
+            episode *terminated* inside the window. A *truncated* episode keeps gamma^m and
+            bootstraps from ``next_obs``, its final observation.
+        next_obs: ``[T, *obs_shape]``, the observation m steps later.
+        priority: optional ``[T]`` float32 initial |TD error| computed by the actor (Ape-X).
+        actor_id: producing actor.
+        param_version: parameter version the actor acted with.
+        episode_returns: undiscounted returns of episodes that ended while producing the chunk.
+        episode_lengths: their lengths in agent steps.
+        env_steps: env steps (all sub-envs) taken while producing the chunk.
+        env_restarts: envs recreated after raising, while producing the chunk.
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    discount: np.ndarray
+    next_obs: np.ndarray
+    priority: np.ndarray | None = None
+    actor_id: int = 0
+    param_version: int = 0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    env_steps: int = 0
+    env_restarts: int = 0
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def select(self, mask: np.ndarray) -> "TransitionChunk":
+        """The transitions where ``mask`` ([T] bool) is True; metadata kept."""
+        return TransitionChunk(
+            obs=self.obs[mask],
+            action=self.action[mask],
+            reward=self.reward[mask],
+            discount=self.discount[mask],
+            next_obs=self.next_obs[mask],
+            priority=None if self.priority is None else self.priority[mask],
+            actor_id=self.actor_id,
+            param_version=self.param_version,
+            episode_returns=self.episode_returns,
+            episode_lengths=self.episode_lengths,
+            env_steps=self.env_steps,
+            env_restarts=self.env_restarts,
+        )
+
+
+def finite_mask(chunk: TransitionChunk) -> np.ndarray:
+    """``[T]`` bool: True where obs, next_obs, reward, discount (and priority) are all finite.
+
+    Used at the actor -> replay boundary to refuse NaN/inf data.
+    """
+    ok = np.isfinite(chunk.reward) & np.isfinite(chunk.discount)
+    if np.issubdtype(chunk.obs.dtype, np.floating):
+        t = len(chunk)
+        ok &= np.isfinite(chunk.obs.reshape(t, -1)).all(axis=1)
+        ok &= np.isfinite(chunk.next_obs.reshape(t, -1)).all(axis=1)
+    if chunk.priority is not None:
+        ok &= np.isfinite(chunk.priority)
+    return ok
+
+
+@dataclass
+class SampledBatch:
+    """A batch drawn from replay, as torch tensors (CPU; the learner moves them).
+
+    Attributes:
+        obs: ``[B, *obs_shape]``; action ``[B]`` int64; reward ``[B]`` float32;
+        discount: ``[B]`` float32; next_obs ``[B, *obs_shape]``.
+        weights: ``[B]`` float32 importance-sampling weights (all 1 for uniform replay).
+        keys: ``[B]`` int64 numpy, addresses for :meth:`Replay.update_priorities`.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    discount: torch.Tensor
+    next_obs: torch.Tensor
+    weights: torch.Tensor
+    keys: np.ndarray
+
+
+@dataclass
+class LearnOutput:
+    """What one learner step returns.
+
+    Attributes:
+        td_abs: ``[B]`` float32 numpy |TD error| for priority updates.
+        metrics: scalar metrics (``td_loss``, ``q_mean``, ``grad_norm``).
+        grads: flat float32 gradient (gradient mode only), else None.
+    """
+
+    td_abs: np.ndarray
+    metrics: dict[str, float]
+    grads: torch.Tensor | None = None
+
+
+class VariableSource(Protocol):
+    """Something that hands out versioned flat parameters."""
+
+    def get_params(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None: ...
+
+
+class ReplayClient(Protocol):
+    def insert(self, chunk: TransitionChunk) -> None: ...
+
+    def sample(self, batch_size: int) -> SampledBatch: ...
+
+    def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the update number."""
+
+
+def flat_params(module: torch.nn.Module) -> np.ndarray:
+    """The module's parameters as one flat float32 numpy vector in ``state_dict`` order."""
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1).float().cpu() for p in module.state_dict().values()]).numpy()
+
+
+def load_flat_params(module: torch.nn.Module, flat: np.ndarray | torch.Tensor) -> None:
+    """Copy a flat vector (layout of :func:`flat_params`) into ``module`` in place.
+
+    Raises:
+        ValueError: if the vector's length does not match the module's parameter count.
+    """
+    src = torch.as_tensor(flat)
+    total = sum(t.numel() for t in module.state_dict().values())
+    if src.numel() != total:
+        raise ValueError(f"flat parameter vector has {src.numel()} values, network needs {total}")
+    offset = 0
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            n = t.numel()
+            t.copy_(src[offset : offset + n].view_as(t))
+            offset += n
+
+
+Metrics = dict[str, Any]

@@ -1,0 +1,183 @@
+"""n-step transition accumulator for a vector of environments.
+
+For each sub-env it keeps the last (up to) n steps and emits
+``(s_t, a_t, R_t = sum_{k<m} gamma^k r_{t+k}, gamma^m or 0, s_{t+m})`` with m = n, or
+m < n when the episode ends inside the window (Sutton & Barto 2018, eq. 7.1; Hessel
+et al. 2018, eq. 2). A *terminated* episode gives discount 0 (no bootstrap); a
+*truncated* one keeps gamma^m and bootstraps from its final observation.
+
+Works with both Gymnasium 1.x vector-env reset conventions:
+
+- ``AutoresetMode.DISABLED`` (what distdqn's actors use): the caller resets finished
+  sub-envs itself; every step is a real transition.
+- ``AutoresetMode.NEXT_STEP`` (Gymnasium's default, envpool): the step *after* a
+  terminated/truncated step ignores the action and returns the reset observation.
+  Pass ``valid=~prev_done`` so that step is not taken as a transition;
+  :meth:`NStepAccumulator.add` does this for you when ``autoreset_next_step=True``.
+
+No emitted transition ever spans an episode boundary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class NStepAccumulator:
+    """Vectorised n-step windows, one per sub-env (a ring over time, no per-step Python loop
+    except over the sub-envs whose episode just ended).
+
+    Args:
+        num_envs: E, sub-envs in the vector env.
+        n_step: n >= 1.
+        gamma: discount in (0, 1].
+        obs_shape, obs_dtype: per-env observation shape and dtype.
+        autoreset_next_step: the vector env uses NEXT_STEP autoreset (see module doc).
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        n_step: int,
+        gamma: float,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype,
+        autoreset_next_step: bool = False,
+    ):
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
+        self.num_envs, self.n, self.gamma = num_envs, n_step, gamma
+        self.autoreset_next_step = autoreset_next_step
+        self._obs = np.zeros((n_step, num_envs, *obs_shape), dtype=obs_dtype)
+        self._act = np.zeros((n_step, num_envs), dtype=np.int64)
+        self._rew = np.zeros((n_step, num_envs), dtype=np.float64)
+        self._count = np.zeros(num_envs, dtype=np.int64)
+        self._prev_done = np.zeros(num_envs, dtype=bool)
+        self._t = 0
+        self._gammas = gamma ** np.arange(n_step, dtype=np.float64)
+        self._out: list[tuple[np.ndarray, ...]] = []
+        self._pending = 0
+
+    def __len__(self) -> int:
+        """Transitions emitted and not yet popped."""
+        return self._pending
+
+    def add(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        valid: np.ndarray | None = None,
+    ) -> None:
+        """Record one vector step.
+
+        Args:
+            obs: ``[E, *obs_shape]`` observation the action was taken in.
+            action: ``[E]`` int64.
+            reward: ``[E]`` float.
+            next_obs: ``[E, *obs_shape]`` observation returned by the step (the final
+                observation when the episode ended).
+            terminated, truncated: ``[E]`` bool.
+            valid: ``[E]`` bool, False for steps that are not transitions (NEXT_STEP
+                autoreset steps). Default: all valid (or derived when
+                ``autoreset_next_step``).
+        """
+        done = np.logical_or(terminated, truncated)
+        if valid is None:
+            valid = ~self._prev_done if self.autoreset_next_step else np.ones(self.num_envs, dtype=bool)
+        # Under NEXT_STEP autoreset the step after a done step is the reset step.
+        self._prev_done = done & valid
+        n, t = self.n, self._t
+        slot = t % n
+        self._obs[slot] = obs
+        self._act[slot] = action
+        self._rew[slot] = reward
+        self._count = np.where(valid, np.minimum(self._count + 1, n), 0)
+        done = done & valid
+        full = valid & ~done & (self._count == n)
+        if full.any():
+            idx = (t - n + 1 + np.arange(n)) % n
+            first = idx[0]
+            ret = (self._gammas[:, None] * self._rew[idx][:, full]).sum(axis=0)
+            k = int(full.sum())
+            self._emit(
+                self._obs[first, full],
+                self._act[first, full],
+                ret,
+                np.full(k, self.gamma**n),
+                next_obs[full],
+            )
+        for i in np.flatnonzero(done):
+            length = int(self._count[i])
+            slots = (t - length + 1 + np.arange(length)) % n
+            rews = self._rew[slots, i]
+            # Return of the window starting at j: sum_{k < length-j} gamma^k r_{j+k}.
+            rets = np.array([(self._gammas[: length - j] * rews[j:]).sum() for j in range(length)])
+            if terminated[i]:
+                disc = np.zeros(length)
+            else:
+                disc = self.gamma ** np.arange(length, 0, -1, dtype=np.float64)
+            self._emit(
+                self._obs[slots, i],
+                self._act[slots, i],
+                rets,
+                disc,
+                np.repeat(next_obs[i][None], length, axis=0),
+            )
+            self._count[i] = 0
+        self._t = t + 1
+
+    def _emit(self, obs, act, ret, disc, next_obs) -> None:
+        self._out.append((obs.copy(), act.copy(), ret.astype(np.float32), disc.astype(np.float32), next_obs.copy()))
+        self._pending += len(act)
+
+    def pop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """All emitted transitions as ``(obs, action, reward, discount, next_obs)``
+        arrays with leading dim T, or None if there are none."""
+        if not self._out:
+            return None
+        cols = tuple(np.concatenate(c, axis=0) for c in zip(*self._out))
+        self._out.clear()
+        self._pending = 0
+        return cols  # type: ignore[return-value]
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget the open windows of the masked sub-envs (all when None); used when an env is recreated."""
+        if mask is None:
+            mask = np.ones(self.num_envs, dtype=bool)
+        self._count[mask] = 0
+        self._prev_done[mask] = False
+
+    def state_dict(self) -> dict:
+        """Open windows and emitted-but-unpopped transitions (torch tensors / ints only)."""
+        out = self.pop()
+        if out is not None:  # keep them pending after saving
+            self._out.append(out)
+            self._pending = len(out[1])
+        return {
+            "obs": torch.from_numpy(self._obs.copy()),
+            "act": torch.from_numpy(self._act.copy()),
+            "rew": torch.from_numpy(self._rew.copy()),
+            "count": torch.from_numpy(self._count.copy()),
+            "prev_done": torch.from_numpy(self._prev_done.copy()),
+            "t": self._t,
+            "pending": [torch.from_numpy(np.ascontiguousarray(a)) for a in out] if out is not None else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._obs[...] = state["obs"].numpy()
+        self._act[...] = state["act"].numpy()
+        self._rew[...] = state["rew"].numpy()
+        self._count[...] = state["count"].numpy()
+        self._prev_done[...] = state["prev_done"].numpy()
+        self._t = int(state["t"])
+        self._out.clear()
+        self._pending = 0
+        if state["pending"]:
+            cols = tuple(t.numpy().copy() for t in state["pending"])
+            self._out.append(cols)
+            self._pending = len(cols[1])

@@ -1,0 +1,70 @@
+"""Which roles a program has and how each is built: all wiring and seed derivation in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from distdqn.config import ExperimentConfig
+from distdqn.envs import EnvSpaces, env_spaces
+from distdqn.networks import make_network
+from distdqn.replay import Replay, make_replay
+from distdqn.roles.actor import Actor, ActorSpec
+from distdqn.roles.evaluator import Evaluator
+from distdqn.roles.learner import Learner, resolve_device
+from distdqn.roles.parameter_server import ParameterServer
+
+
+def derive_seed(root: int, *path: int) -> int:
+    """A 31-bit seed for the component at ``path`` (e.g. ``(ACTOR, actor_id, generation)``),
+    derived from the root seed with :class:`numpy.random.SeedSequence`."""
+    return int(np.random.SeedSequence([root, *path]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+# Seed namespaces.
+NET, ACTOR, REPLAY, EVAL = 1, 2, 3, 4
+
+
+def build_network(cfg: ExperimentConfig, spaces: EnvSpaces, seed_path: tuple[int, ...] = (NET,)) -> nn.Module:
+    """A fresh Q-network, its initial weights seeded from ``seed_path``."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(derive_seed(cfg.seed, *seed_path))
+    try:
+        return make_network(cfg.network, spaces.obs_shape, spaces.num_actions)
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generation: int = 0) -> Actor:
+    """Actor ``actor_id``; ``generation`` counts restarts so a restarted actor explores anew."""
+    spec = ActorSpec(
+        actor_id=actor_id,
+        num_actors=cfg.actor.num_actors,
+        seed=derive_seed(cfg.seed, ACTOR, actor_id, generation),
+        gamma=cfg.learner.gamma,
+        compute_priorities=cfg.replay.kind == "prioritized" and cfg.replay.initial_priority == "actor",
+    )
+    return Actor(spec, cfg.env, cfg.actor, build_network(cfg, spaces))
+
+
+def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
+    return Learner(cfg.learner, build_network(cfg, spaces), resolve_device(cfg.learner.device))
+
+
+def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay:
+    return make_replay(cfg.replay, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype,
+                       derive_seed(cfg.seed, REPLAY))
+
+
+def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
+    return Evaluator(cfg.env, build_network(cfg, spaces), derive_seed(cfg.seed, EVAL), cfg.eval.epsilon)
+
+
+def build_parameter_server(learner: Learner) -> ParameterServer:
+    return ParameterServer(learner.get_params())
+
+
+def spaces_for(cfg: ExperimentConfig) -> EnvSpaces:
+    """Observation/action spaces of the configured env (raises :class:`distdqn.envs.EnvSpecError`)."""
+    return env_spaces(cfg.env)

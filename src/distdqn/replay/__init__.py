@@ -1,0 +1,11 @@
+"""Experience replay: ring storage, sum tree, rate limiter and the :class:`Replay` front end.
+
+See :mod:`distdqn.replay.prioritized` for the sampling maths (Schaul et al. 2016).
+"""
+
+from distdqn.replay.prioritized import Replay, make_replay
+from distdqn.replay.rate_limiter import RateLimiter
+from distdqn.replay.storage import RingStorage
+from distdqn.replay.sum_tree import SumTree
+
+__all__ = ["RateLimiter", "Replay", "RingStorage", "SumTree", "make_replay"]

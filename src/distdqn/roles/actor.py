@@ -1,0 +1,278 @@
+"""The Actor role: steps a vector of environments with an epsilon-greedy copy of the
+Q-network and emits chunks of n-step transitions. No transport code here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from distdqn.config import ActorConfig, EnvConfig
+from distdqn.core import TransitionChunk, load_flat_params
+from distdqn.envs import is_atari, make_vector_env
+from distdqn.exploration import apex_epsilons, linear_epsilon
+from distdqn.nstep import NStepAccumulator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """Identity and placement of one actor within the program."""
+
+    actor_id: int
+    num_actors: int
+    seed: int
+    """This actor's seed (derived from the root seed by the program)."""
+    gamma: float
+    compute_priorities: bool
+    """Compute initial |TD error| priorities for each chunk (Ape-X)."""
+
+
+class Actor:
+    """Steps ``env.envs_per_actor`` sub-envs in lock-step with one batched forward pass.
+
+    Sub-envs are reset by the actor itself (Gymnasium ``AutoresetMode.DISABLED``), each
+    episode with a seed drawn from the actor's RNG, so an env's state is a function of
+    (episode seed, actions since reset): this is what makes exact resume possible.
+
+    Args:
+        spec: identity, seed, gamma.
+        env_cfg: which env and how many copies.
+        cfg: actor config (n-step, exploration, chunk size).
+        network: a Q-network (the actor's own copy; evaluated under ``torch.inference_mode``).
+    """
+
+    def __init__(self, spec: ActorSpec, env_cfg: EnvConfig, cfg: ActorConfig, network: nn.Module):
+        self.spec, self.env_cfg, self.cfg = spec, env_cfg, cfg
+        self.net = network
+        self.net.eval()
+        self.num_envs = env_cfg.envs_per_actor
+        self.rng = np.random.default_rng([spec.seed, 7])
+        self.param_version = -1
+        self.steps = 0  # vector steps
+        self.env_steps = 0  # sub-env steps
+        self.env_restarts = 0
+        self._since_sync = 0
+        if cfg.epsilon_schedule == "apex":
+            total = spec.num_actors * self.num_envs
+            eps = apex_epsilons(total, cfg.apex_epsilon, cfg.apex_alpha)
+            self._apex_eps = eps[spec.actor_id * self.num_envs : (spec.actor_id + 1) * self.num_envs]
+        else:
+            self._apex_eps = None
+        self._make_envs()
+        self._obs, self._acc = self._reset_all()
+        self._episode_returns: list[float] = []
+        self._episode_lengths: list[int] = []
+        self._chunk_env_steps = 0
+        self._chunk_restarts = 0
+
+    # ------------------------------------------------------------------ envs
+
+    def _make_envs(self) -> None:
+        self.envs = make_vector_env(self.env_cfg, self.num_envs)
+        space = self.envs.single_observation_space
+        self.obs_shape, self.obs_dtype = tuple(space.shape), space.dtype
+        self.num_actions = int(self.envs.single_action_space.n)
+        self._episode_seed = np.zeros(self.num_envs, dtype=np.int64)
+        self._actions: list[list[int]] = [[] for _ in range(self.num_envs)]
+
+    def _new_seeds(self, mask: np.ndarray) -> list[int | None]:
+        seeds: list[int | None] = [None] * self.num_envs
+        for i in np.flatnonzero(mask):
+            s = int(self.rng.integers(2**31 - 1))
+            self._episode_seed[i] = s
+            self._actions[i] = []
+            seeds[i] = s
+        return seeds
+
+    def _reset_all(self) -> tuple[np.ndarray, NStepAccumulator]:
+        mask = np.ones(self.num_envs, dtype=bool)
+        obs, _ = self.envs.reset(seed=self._new_seeds(mask))
+        acc = NStepAccumulator(self.num_envs, self.cfg.n_step, self.spec.gamma, self.obs_shape, self.obs_dtype)
+        return np.array(obs), acc
+
+    def _recreate_envs(self, exc: BaseException) -> None:
+        self.env_restarts += 1
+        self._chunk_restarts += 1
+        log.warning("actor %d: env raised %r; recreating it (restart %d)", self.spec.actor_id, exc, self.env_restarts)
+        try:
+            self.envs.close()
+        except Exception:  # a crashed env may fail to close; it is dropped either way
+            pass
+        self._make_envs()
+        mask = np.ones(self.num_envs, dtype=bool)
+        obs, _ = self.envs.reset(seed=self._new_seeds(mask))
+        self._obs = np.array(obs)
+        self._acc.reset()
+
+    # ------------------------------------------------------------------ policy
+
+    def epsilons(self) -> np.ndarray:
+        """``[E]`` current epsilon of each sub-env."""
+        if self._apex_eps is not None:
+            return self._apex_eps
+        c = self.cfg
+        # Global env steps estimated as this actor's steps times the number of actors.
+        eps = linear_epsilon(self.env_steps * self.spec.num_actors, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
+        return np.full(self.num_envs, eps)
+
+    def select_actions(self, obs: np.ndarray) -> np.ndarray:
+        """Epsilon-greedy actions ``[E]`` int64 from one batched forward pass."""
+        with torch.inference_mode():
+            q = self.net(torch.from_numpy(obs))
+        greedy = q.argmax(dim=1).numpy()
+        explore = self.rng.random(self.num_envs) < self.epsilons()
+        random_actions = self.rng.integers(self.num_actions, size=self.num_envs)
+        return np.where(explore, random_actions, greedy).astype(np.int64)
+
+    def set_params(self, version: int, flat: np.ndarray) -> None:
+        """Load a newer flat parameter vector (layout of :func:`distdqn.core.flat_params`)."""
+        load_flat_params(self.net, flat)
+        self.param_version = int(version)
+        self._since_sync = 0
+
+    def wants_params(self) -> bool:
+        """True once ``param_sync_period`` steps have passed since the last sync."""
+        return self.param_version < 0 or self._since_sync >= self.cfg.param_sync_period
+
+    def mark_synced(self) -> None:
+        """Called when a sync found nothing newer."""
+        self._since_sync = 0
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self) -> TransitionChunk | None:
+        """One vector step. Returns a chunk once ``chunk_size`` transitions are ready, else None."""
+        obs = self._obs
+        actions = self.select_actions(obs)
+        try:
+            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        except Exception as exc:  # noqa: BLE001 - any env failure is recoverable by recreating it
+            self._recreate_envs(exc)
+            return None
+        self.steps += 1
+        self._since_sync += 1
+        self.env_steps += self.num_envs
+        self._chunk_env_steps += self.num_envs
+        for i, a in enumerate(actions.tolist()):
+            self._actions[i].append(a)
+        next_obs = np.asarray(next_obs)
+        self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated)
+        done = np.logical_or(terminated, truncated)
+        if done.any():
+            self._record_episodes(info, done)
+            reset_obs, _ = self.envs.reset(seed=self._new_seeds(done), options={"reset_mask": done})
+            next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), np.asarray(reset_obs), next_obs)
+        self._obs = next_obs
+        if len(self._acc) >= self.cfg.chunk_size:
+            return self._make_chunk()
+        return None
+
+    def _record_episodes(self, info: dict, done: np.ndarray) -> None:
+        ep = info.get("episode")
+        if ep is None:
+            return
+        mask = info.get("_episode", done)
+        # RecordEpisodeStatistics sits on the raw env: for Atari it counts emulator frames.
+        per_step = self.env_cfg.frame_skip if is_atari(self.env_cfg.id) else 1
+        for i in np.flatnonzero(mask & done):
+            self._episode_returns.append(float(ep["r"][i]))
+            self._episode_lengths.append(int(ep["l"][i]) // per_step)
+
+    def _make_chunk(self) -> TransitionChunk | None:
+        cols = self._acc.pop()
+        if cols is None:
+            return None
+        obs, action, reward, discount, next_obs = cols
+        chunk = TransitionChunk(
+            obs=obs,
+            action=action,
+            reward=reward,
+            discount=discount,
+            next_obs=next_obs,
+            actor_id=self.spec.actor_id,
+            param_version=self.param_version,
+            episode_returns=self._episode_returns,
+            episode_lengths=self._episode_lengths,
+            env_steps=self._chunk_env_steps,
+            env_restarts=self._chunk_restarts,
+        )
+        self._episode_returns, self._episode_lengths = [], []
+        self._chunk_env_steps = 0
+        self._chunk_restarts = 0
+        if self.spec.compute_priorities:
+            chunk.priority = self.initial_priorities(chunk)
+        return chunk
+
+    def initial_priorities(self, chunk: TransitionChunk) -> np.ndarray:
+        """``[T]`` float32 |R + gamma^n max_a Q(s', a) - Q(s, a)| with the actor's own
+        network (Ape-X, Horgan et al. 2018, sec. 3: actors compute initial priorities)."""
+        with torch.inference_mode():
+            both = torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0))
+            q = self.net(both)
+        t = len(chunk)
+        q_sa = q[:t].gather(1, torch.from_numpy(chunk.action).unsqueeze(1)).squeeze(1)
+        target = torch.from_numpy(chunk.reward) + torch.from_numpy(chunk.discount) * q[t:].max(dim=1).values
+        return (target - q_sa).abs().numpy().astype(np.float32)
+
+    def flush(self) -> TransitionChunk | None:
+        """Whatever complete transitions are pending, as a chunk (or None)."""
+        return self._make_chunk()
+
+    def close(self) -> None:
+        self.envs.close()
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-exactly: RNG, counters, n-step windows, and each
+        sub-env's (episode seed, actions since reset). Tensors and Python scalars only."""
+        rng_state = self.rng.bit_generator.state
+        return {
+            "rng": {"state": int(rng_state["state"]["state"]), "inc": int(rng_state["state"]["inc"]),
+                    "has_uint32": int(rng_state["has_uint32"]), "uinteger": int(rng_state["uinteger"])},
+            "param_version": self.param_version,
+            "steps": self.steps,
+            "env_steps": self.env_steps,
+            "env_restarts": self.env_restarts,
+            "since_sync": self._since_sync,
+            "episode_seed": torch.from_numpy(self._episode_seed.copy()),
+            "actions": [torch.tensor(a, dtype=torch.int64) for a in self._actions],
+            "acc": self._acc.state_dict(),
+            "obs": torch.from_numpy(np.ascontiguousarray(self._obs)),
+            "episode_returns": list(self._episode_returns),
+            "episode_lengths": list(self._episode_lengths),
+            "chunk_env_steps": self._chunk_env_steps,
+            "chunk_restarts": self._chunk_restarts,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`, re-creating each sub-env's state by resetting it with its
+        episode seed and replaying its actions (exact for envs whose randomness is seeded by
+        ``reset(seed=...)``, which includes classic control and ALE)."""
+        r = state["rng"]
+        bg = self.rng.bit_generator
+        st = bg.state
+        st["state"] = {"state": r["state"], "inc": r["inc"]}
+        st["has_uint32"], st["uinteger"] = r["has_uint32"], r["uinteger"]
+        bg.state = st
+        self.param_version = int(state["param_version"])
+        self.steps, self.env_steps = int(state["steps"]), int(state["env_steps"])
+        self.env_restarts, self._since_sync = int(state["env_restarts"]), int(state["since_sync"])
+        self._episode_seed = state["episode_seed"].numpy().copy()
+        self._actions = [t.tolist() for t in state["actions"]]
+        for i, env in enumerate(self.envs.envs):
+            env.reset(seed=int(self._episode_seed[i]))
+            for a in self._actions[i]:
+                env.step(a)
+        self._acc.load_state_dict(state["acc"])
+        self._obs = state["obs"].numpy().copy()
+        self._episode_returns = list(state["episode_returns"])
+        self._episode_lengths = list(state["episode_lengths"])
+        self._chunk_env_steps = int(state["chunk_env_steps"])
+        self._chunk_restarts = int(state["chunk_restarts"])
+

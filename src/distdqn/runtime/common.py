@@ -1,0 +1,307 @@
+"""The learner-side loop body shared by every runtime.
+
+:class:`Coordinator` owns the replay, the learner, the parameter server, the evaluator,
+the metrics and the checkpoints, and keeps the run's counters and its transition
+accounting (``produced = inserted + rejected + dropped``). Runtimes differ only in how
+chunks reach :meth:`Coordinator.ingest` and how parameters reach the actors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from distdqn.checkpoint import load_latest, save_checkpoint
+from distdqn.config import ExperimentConfig, to_dict
+from distdqn.core import TransitionChunk, finite_mask
+from distdqn.envs import EnvSpaces
+from distdqn.exploration import linear_epsilon
+from distdqn.metrics import MetricsLogger
+from distdqn.program import (
+    build_evaluator,
+    build_learner,
+    build_parameter_server,
+    build_replay,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Run counters, checkpointed and restored on resume."""
+
+    env_steps: int = 0
+    produced: int = 0
+    inserted: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    episodes: int = 0
+    actor_restarts: int = 0
+    env_restarts: int = 0
+    next_eval_at: int = 0
+    evals: int = 0
+    wall_time: float = 0.0
+    """Seconds of training across all sessions of this run (resumes add up)."""
+    solved_at_env_steps: int = -1
+    solved_at_wall_time: float = -1.0
+    last_eval_return: float = float("nan")
+    last_eval_returns: list[float] = field(default_factory=list)
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Coordinator:
+    """Replay + learner + parameter server + evaluator + bookkeeping, in one process.
+
+    Args:
+        cfg: validated experiment config.
+        spaces: env spaces.
+        run_dir: the run directory (created by the caller).
+        deterministic: serial runtime; keep wall-clock columns out of ``metrics.csv``.
+        resume: continue from the newest complete checkpoint in ``run_dir``.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, deterministic: bool, resume: bool):
+        self.cfg, self.spaces, self.run_dir = cfg, spaces, Path(run_dir)
+        self.deterministic = deterministic
+        torch.set_num_threads(cfg.learner.torch_threads)
+        self.learner = build_learner(cfg, spaces)
+        self.replay = build_replay(cfg, spaces)
+        self.ps = build_parameter_server(self.learner)
+        self.evaluator = build_evaluator(cfg, spaces)
+        self.c = Counters(next_eval_at=cfg.eval.eval_period if cfg.eval.eval_period > 0 else cfg.total_env_steps)
+        self.restored_extra: dict[str, Any] | None = None
+        self.resumed_from: Path | None = None
+        if resume:
+            found = load_latest(self.run_dir)
+            if found is None:
+                raise FileNotFoundError(f"--resume: no usable checkpoint under {self.run_dir / 'checkpoints'}")
+            self.resumed_from, state = found
+            self._restore(state)
+            log.info("resumed from %s at env_steps=%d updates=%d", self.resumed_from, self.c.env_steps, self.learner.updates)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.metrics = MetricsLogger(self.run_dir, cfg.total_env_steps, deterministic=deterministic,
+                                     progress=cfg.progress, append=resume)
+        self._recent_returns: deque[float] = deque(maxlen=20)
+        self._recent_lengths: deque[int] = deque(maxlen=20)
+        self._learn_metrics: dict[str, float] = {}
+        self._param_lag: deque[int] = deque(maxlen=100)
+        self._session_start = time.perf_counter()
+        self._wall_at_start = self.c.wall_time
+        self._last_log = (self._session_start, self.c.env_steps, self.learner.updates)
+        self._last_ckpt_updates = self.learner.updates
+        self.stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ data in
+
+    def can_insert(self, n: int) -> bool:
+        return self.replay.can_insert(n)
+
+    def ingest(self, chunk: TransitionChunk) -> None:
+        """Account for a chunk, refuse non-finite transitions, insert the rest."""
+        n = len(chunk)
+        self.c.produced += n
+        self.c.env_steps += chunk.env_steps
+        self.c.env_restarts += chunk.env_restarts
+        for r, length in zip(chunk.episode_returns, chunk.episode_lengths):
+            self._recent_returns.append(r)
+            self._recent_lengths.append(length)
+            self.c.episodes += 1
+        if chunk.param_version >= 0:
+            self._param_lag.append(self.ps.version - chunk.param_version)
+        if n == 0:
+            return
+        ok = finite_mask(chunk)
+        bad = int(n - ok.sum())
+        if bad:
+            self.c.rejected += bad
+            log.debug("actor %d: rejected %d non-finite transitions", chunk.actor_id, bad)
+            chunk = chunk.select(ok)
+        if len(chunk):
+            self.replay.insert(chunk)
+            self.c.inserted += len(chunk)
+
+    def drop(self, n: int) -> None:
+        """Count transitions that were produced but never inserted (e.g. left in a queue at shutdown)."""
+        self.c.produced += n
+        self.c.dropped += n
+
+    # ------------------------------------------------------------------ learning
+
+    def can_learn(self) -> bool:
+        return self.replay.can_sample(self.cfg.learner.batch_size)
+
+    def learn_step(self) -> bool:
+        """One sample -> learn -> priority update; publishes every ``publish_period`` updates.
+        Returns True when new parameters were published."""
+        batch = self.replay.sample(self.cfg.learner.batch_size)
+        out = self.learner.learn(batch)
+        self.replay.update_priorities(batch.keys, out.td_abs)
+        self._learn_metrics = out.metrics
+        if self.learner.updates % self.cfg.learner.publish_period == 0:
+            self.ps.set_params(self.learner.get_params())
+            return True
+        return False
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_due(self) -> bool:
+        return self.c.env_steps >= self.c.next_eval_at
+
+    def evaluate(self) -> bool:
+        """Greedy evaluation with the newest learner parameters; True when the target return
+        is reached (the run should stop)."""
+        period = self.cfg.eval.eval_period
+        while self.c.next_eval_at <= self.c.env_steps:
+            self.c.next_eval_at += period if period > 0 else self.cfg.total_env_steps
+        returns = self.evaluator.evaluate(self.learner.get_params(), self.cfg.eval.eval_episodes)
+        self.c.evals += 1
+        self.c.last_eval_returns = [float(x) for x in returns]
+        self.c.last_eval_return = float(np.mean(returns))
+        target = self.cfg.eval.target_return
+        solved = target is not None and self.c.last_eval_return >= target
+        if solved and self.c.solved_at_env_steps < 0:
+            self.c.solved_at_env_steps = self.c.env_steps
+            self.c.solved_at_wall_time = self.wall_time()
+        self.log_row(force=True)
+        return solved
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def wall_time(self) -> float:
+        return self._wall_at_start + (time.perf_counter() - self._session_start)
+
+    def epsilon(self) -> float:
+        a = self.cfg.actor
+        if a.epsilon_schedule == "apex":
+            return a.apex_epsilon
+        return linear_epsilon(self.c.env_steps, a.epsilon_start, a.epsilon_end, a.epsilon_decay_steps)
+
+    def row(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        t0, s0, u0 = self._last_log
+        dt = max(now - t0, 1e-9)
+        row: dict[str, Any] = {
+            "env_steps": self.c.env_steps,
+            "env_frames": self.c.env_steps * (self.cfg.env.frame_skip if _is_atari(self.cfg.env.id) else 1),
+            "updates": self.learner.updates,
+            "wall_time": round(self.wall_time(), 3),
+            "sps": (self.c.env_steps - s0) / dt,
+            "ups": (self.learner.updates - u0) / dt,
+            "episode_return": float(np.mean(self._recent_returns)) if self._recent_returns else None,
+            "episode_length": float(np.mean(self._recent_lengths)) if self._recent_lengths else None,
+            "episodes": self.c.episodes,
+            "eval_return": None if math.isnan(self.c.last_eval_return) else self.c.last_eval_return,
+            "epsilon": self.epsilon(),
+            "replay_size": len(self.replay),
+            "samples_per_insert": self.replay.samples / max(self.replay.inserted, 1),
+            "param_version": self.ps.version,
+            "param_lag": float(np.mean(self._param_lag)) if self._param_lag else None,
+            "beta": self.replay.beta,
+            "actor_restarts": self.c.actor_restarts,
+            "env_restarts": self.c.env_restarts,
+            "produced": self.c.produced,
+            "inserted": self.c.inserted,
+            "rejected": self.c.rejected,
+            "dropped": self.c.dropped,
+        }
+        row.update(self._learn_metrics)
+        self._last_log = (now, self.c.env_steps, self.learner.updates)
+        return row
+
+    def log_row(self, force: bool = False) -> None:
+        self.metrics.log(self.row())
+
+    def log_due(self) -> bool:
+        return time.perf_counter() - self._last_log[0] >= self.cfg.log_period
+
+    def checkpoint_due(self) -> bool:
+        p = self.cfg.checkpoint_period
+        return p > 0 and self.learner.updates - self._last_ckpt_updates >= p
+
+    def checkpoint(self, extra: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint of everything this process owns plus ``extra`` (e.g. actor states)."""
+        self.c.wall_time = self.wall_time()
+        self._wall_at_start, self._session_start = self.c.wall_time, time.perf_counter()
+        state: dict[str, Any] = {
+            "learner": self.learner.state_dict(),
+            "parameter_server": self.ps.state_dict(),
+            "counters": self.c.state(),
+            "torch_rng": torch.random.get_rng_state(),
+            "evaluator_evaluations": self.evaluator.evaluations,
+            "extra": extra or {},
+        }
+        if self.cfg.checkpoint_replay:
+            state["replay"] = self.replay.state_dict()
+        path = save_checkpoint(self.run_dir, self.c.env_steps, self.learner.updates, state, self.cfg.keep_checkpoints)
+        self._last_ckpt_updates = self.learner.updates
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.ps.load_state_dict(state["parameter_server"])
+        for k, v in state["counters"].items():
+            setattr(self.c, k, v)
+        torch.random.set_rng_state(state["torch_rng"])
+        self.evaluator.evaluations = int(state["evaluator_evaluations"])
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+        self.restored_extra = state.get("extra") or {}
+
+    # ------------------------------------------------------------------ end
+
+    def summary(self) -> dict[str, Any]:
+        wall = self.wall_time()
+        c = self.c
+        return {
+            "env_id": self.cfg.env.id,
+            "preset": self.cfg.preset,
+            "runtime": self.cfg.runtime,
+            "seed": self.cfg.seed,
+            "stop_reason": self.stop_reason,
+            "final_eval_return": None if math.isnan(c.last_eval_return) else c.last_eval_return,
+            "final_eval_returns": c.last_eval_returns,
+            "eval_episodes": len(c.last_eval_returns),
+            "solved": c.solved_at_env_steps >= 0,
+            "solved_at_env_steps": c.solved_at_env_steps if c.solved_at_env_steps >= 0 else None,
+            "solved_at_wall_time_s": c.solved_at_wall_time if c.solved_at_wall_time >= 0 else None,
+            "env_steps": c.env_steps,
+            "updates": self.learner.updates,
+            "wall_time_s": round(wall, 3),
+            "sps": c.env_steps / max(wall, 1e-9),
+            "ups": self.learner.updates / max(wall, 1e-9),
+            "episodes": c.episodes,
+            "produced": c.produced,
+            "inserted": c.inserted,
+            "rejected": c.rejected,
+            "dropped": c.dropped,
+            "accounting_ok": c.produced == c.inserted + c.rejected + c.dropped,
+            "actor_restarts": c.actor_restarts,
+            "env_restarts": c.env_restarts,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Final log row, close metrics, write ``summary.json``; returns the summary."""
+        self.log_row(force=True)
+        self.metrics.close()
+        self.evaluator.close()
+        s = self.summary()
+        (self.run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+        return s
+
+
+def _is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/") or "NoFrameskip" in env_id

@@ -1,0 +1,283 @@
+"""Local runtime: one process per actor (``spawn``), the learner process owning replay,
+learning, evaluation, metrics and checkpoints.
+
+Data paths:
+
+- experience: each actor puts whole :class:`~distdqn.core.TransitionChunk` objects on its
+  own bounded ``multiprocessing`` queue (numpy arrays, pickled by the standard library).
+  The learner takes a chunk only when the replay's rate limiter allows an insert, so a
+  full queue blocks its actor: that is how ``samples_per_insert`` throttles collection.
+- parameters: one shared-memory float32 vector plus a version under a sequence lock
+  (:class:`SharedParams`). The learner writes every ``publish_period`` updates; actors
+  poll the version every ``param_sync_period`` steps and copy only when it is newer.
+
+Supervision: an actor process that dies is restarted (``actor_restarts``) with a fresh
+queue. SIGINT/SIGTERM stop the run gracefully: actors are told to stop, joined (killed
+after a grace period), their queues drained (counted as ``dropped``), a final checkpoint
+and ``summary.json`` are written. Actors exit on their own if the learner process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdqn.config import ExperimentConfig
+from distdqn.core import NonFiniteLossError
+from distdqn.envs import EnvSpaces
+from distdqn.program import build_actor
+from distdqn.runtime.common import Coordinator
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHUNKS = 4
+"""Chunks an actor may have in flight before it blocks."""
+JOIN_GRACE_S = 10.0
+
+
+class SharedParams:
+    """A flat float32 parameter vector in shared memory with a version, under a sequence lock.
+
+    The writer makes the sequence odd, writes, stores the version, makes it even again.
+    A reader retries if it saw an odd sequence or the sequence changed during its copy, so
+    it never returns a torn vector. One writer (the learner), many readers (actors).
+    """
+
+    def __init__(self, ctx: Any, num_params: int):
+        self._buf = ctx.RawArray("f", num_params)
+        self._seq = ctx.RawValue("q", 0)
+        self._version = ctx.RawValue("q", -1)
+
+    def _view(self) -> np.ndarray:
+        return np.frombuffer(self._buf, dtype=np.float32)
+
+    def write(self, version: int, flat: np.ndarray) -> None:
+        self._seq.value += 1
+        self._view()[...] = flat
+        self._version.value = version
+        self._seq.value += 1
+
+    def version(self) -> int:
+        return int(self._version.value)
+
+    def read(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None:
+        """``(version, copy)`` if the published version is newer than ``newer_than``, else None."""
+        view = self._view()
+        while True:
+            s1 = self._seq.value
+            if s1 % 2:
+                time.sleep(0)
+                continue
+            v = int(self._version.value)
+            if v <= newer_than:
+                return None
+            out = view.copy()
+            if self._seq.value == s1:
+                return v, out
+
+
+def actor_main(
+    actor_id: int,
+    generation: int,
+    cfg: ExperimentConfig,
+    spaces: EnvSpaces,
+    params: SharedParams,
+    out_queue: Any,
+    stop_event: Any,
+    parent_pid: int,
+) -> None:
+    """Body of an actor process: sync parameters, step, send chunks, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
+    out_queue.cancel_join_thread()  # never block exit on unsent data (counted as lost, not produced)
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
+    actor = build_actor(cfg, spaces, actor_id, generation)
+    while params.version() < 0 and not stop_event.is_set():
+        time.sleep(0.01)
+    steps = 0
+    try:
+        while not stop_event.is_set():
+            if actor.wants_params():
+                got = params.read(newer_than=actor.param_version)
+                if got is None:
+                    actor.mark_synced()
+                else:
+                    actor.set_params(*got)
+            chunk = actor.step()
+            steps += 1
+            if chunk is not None:
+                while not stop_event.is_set():
+                    try:
+                        out_queue.put(chunk, timeout=0.2)
+                        break
+                    except queue_mod.Full:
+                        if os.getppid() != parent_pid:
+                            return
+            if steps % 256 == 0 and os.getppid() != parent_pid:
+                return  # the learner process is gone: do not linger as an orphan
+    finally:
+        actor.close()
+
+
+class _ActorHandle:
+    def __init__(self, actor_id: int):
+        self.actor_id = actor_id
+        self.generation = 0
+        self.proc: Any = None
+        self.queue: Any = None
+
+
+def run_local(
+    cfg: ExperimentConfig,
+    spaces: EnvSpaces,
+    run_dir: Path,
+    resume: bool = False,
+    collect_only: bool = False,
+) -> dict[str, Any]:
+    """Train with ``cfg.actor.num_actors`` actor processes. Returns the summary.
+
+    Args:
+        collect_only: actors collect and the learner only inserts (benchmarking the
+            collection path); requires ``replay.samples_per_insert == 0``.
+    """
+    if collect_only and cfg.replay.samples_per_insert != 0:
+        raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
+    ctx = mp.get_context("spawn")
+    co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume)
+    shared = SharedParams(ctx, co.ps.num_params)
+    shared.write(co.ps.version, co.ps.get_params()[1])
+    stop_event = ctx.Event()
+    handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
+    if co.restored_extra:
+        for h, g in zip(handles, co.restored_extra.get("actor_generations", [])):
+            h.generation = int(g) + 1  # resumed actors explore with fresh seeds
+
+    def start(h: _ActorHandle) -> None:
+        h.queue = ctx.Queue(maxsize=QUEUE_CHUNKS)
+        h.proc = ctx.Process(
+            target=actor_main,
+            args=(h.actor_id, h.generation, cfg, spaces, shared, h.queue, stop_event, os.getpid()),
+            name=f"distdqn-actor-{h.actor_id}",
+            daemon=True,
+        )
+        h.proc.start()
+
+    stop = {"flag": False, "reason": None}
+
+    def on_signal(signum, _frame):
+        if stop["flag"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        stop["flag"], stop["reason"] = True, signal.Signals(signum).name
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    error: BaseException | None = None
+    chunk_size = cfg.actor.chunk_size
+    try:
+        for h in handles:
+            start(h)
+        next_supervise = time.perf_counter()
+        rr = 0
+        while not stop["flag"]:
+            progressed = False
+            # 1. experience in, as far as the rate limiter allows
+            for k in range(len(handles)):
+                h = handles[(rr + k) % len(handles)]
+                if not co.can_insert(chunk_size):
+                    break
+                try:
+                    chunk = h.queue.get_nowait()
+                except queue_mod.Empty:
+                    continue
+                co.ingest(chunk)
+                progressed = True
+            rr += 1
+            # 2. learning, as far as the rate limiter allows
+            if not collect_only:
+                published = False
+                for _ in range(8):
+                    if not co.can_learn():
+                        break
+                    published |= co.learn_step()
+                    progressed = True
+                if published:
+                    shared.write(co.ps.version, co.ps.get_params()[1])
+            # 3. bookkeeping
+            now = time.perf_counter()
+            if now >= next_supervise:
+                next_supervise = now + 0.2
+                for h in handles:
+                    if not h.proc.is_alive() and not stop["flag"]:
+                        co.c.actor_restarts += 1
+                        log.warning("actor %d died (exit code %s); restarting it (restart %d)",
+                                    h.actor_id, h.proc.exitcode, co.c.actor_restarts)
+                        h.proc.join(timeout=0)
+                        h.generation += 1
+                        start(h)
+            if co.c.env_steps >= cfg.total_env_steps:
+                stop["flag"], stop["reason"] = True, "total_env_steps"
+                break
+            if co.eval_due() and co.evaluate():
+                stop["flag"], stop["reason"] = True, "target_return"
+                break
+            if co.log_due():
+                co.log_row()
+            if co.checkpoint_due():
+                co.checkpoint({"actor_generations": [h.generation for h in handles]})
+            if not progressed:
+                time.sleep(0.0005)
+    except NonFiniteLossError as exc:
+        error, stop["reason"] = exc, f"error: {exc}"
+    except KeyboardInterrupt:
+        stop["reason"] = "interrupted"
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        _shutdown(handles, stop_event, co)
+    co.stop_reason = stop["reason"]
+    co.checkpoint({"actor_generations": [h.generation for h in handles]})
+    if error is None and co.stop_reason != "target_return":
+        co.evaluate()
+    summary = co.finish()
+    if error is not None:
+        raise error
+    return summary
+
+
+def _shutdown(handles: list[_ActorHandle], stop_event: Any, co: Coordinator) -> None:
+    """Stop every actor process; drain their queues (counted as dropped); kill stragglers."""
+    stop_event.set()
+    deadline = time.perf_counter() + JOIN_GRACE_S
+    while time.perf_counter() < deadline:
+        for h in handles:
+            _drain(h, co)
+        if all(h.proc is None or not h.proc.is_alive() for h in handles):
+            break
+        time.sleep(0.01)
+    for h in handles:
+        if h.proc is not None and h.proc.is_alive():
+            log.warning("actor %d did not stop in %.0fs; killing it", h.actor_id, JOIN_GRACE_S)
+            h.proc.kill()
+        if h.proc is not None:
+            h.proc.join(timeout=5)
+        _drain(h, co)
+
+
+def _drain(h: _ActorHandle, co: Coordinator) -> None:
+    if h.queue is None:
+        return
+    while True:
+        try:
+            chunk = h.queue.get_nowait()
+        except (queue_mod.Empty, OSError, ValueError, EOFError):
+            return
+        co.drop(len(chunk))
