@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from distdqn.config import ActorConfig, EnvConfig
-from distdqn.core import TransitionChunk, load_flat_params
+from distdqn.core import TransitionChunk, flat_params, load_flat_params
 from distdqn.envs import is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons, linear_epsilon
 from distdqn.nstep import NStepAccumulator
@@ -236,6 +236,7 @@ class Actor:
             "rng": {"state": int(rng_state["state"]["state"]), "inc": int(rng_state["state"]["inc"]),
                     "has_uint32": int(rng_state["has_uint32"]), "uinteger": int(rng_state["uinteger"])},
             "param_version": self.param_version,
+            "params": torch.from_numpy(flat_params(self.net)),
             "steps": self.steps,
             "env_steps": self.env_steps,
             "env_restarts": self.env_restarts,
@@ -260,6 +261,7 @@ class Actor:
         st["state"] = {"state": r["state"], "inc": r["inc"]}
         st["has_uint32"], st["uinteger"] = r["has_uint32"], r["uinteger"]
         bg.state = st
+        load_flat_params(self.net, state["params"])
         self.param_version = int(state["param_version"])
         self.steps, self.env_steps = int(state["steps"]), int(state["env_steps"])
         self.env_restarts, self._since_sync = int(state["env_restarts"]), int(state["since_sync"])

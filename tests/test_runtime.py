@@ -1,0 +1,311 @@
+"""End-to-end tests of the serial and local runtimes and the CLI.
+
+Learning tests use a fixed seed and an env-step budget, never wall-clock limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distdqn.checkpoint import complete_checkpoints, load_checkpoint
+from distdqn.config import ExperimentConfig, from_dict
+from distdqn.program import spaces_for
+
+CLI = [sys.executable, "-m", "distdqn.cli"]
+
+SMALL = {
+    "progress": False,
+    "eval": {"eval_episodes": 5, "eval_period": 0, "target_return": None},
+    "replay": {"min_replay_size": 256, "capacity": 20_000},
+    "learner": {"batch_size": 64},
+    "actor": {"chunk_size": 32},
+}
+
+
+def small_cfg(**over) -> ExperimentConfig:
+    data = json.loads(json.dumps(SMALL))
+    for key, value in over.items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(data)
+
+
+def run_serial_cfg(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict:
+    from distdqn.runtime.serial import run_serial
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_serial(cfg, spaces_for(cfg), run_dir, resume=resume)
+
+
+def final_params(run_dir: Path) -> torch.Tensor:
+    state = load_checkpoint(complete_checkpoints(run_dir)[0])
+    return torch.cat([t.reshape(-1) for t in state["learner"]["online"].values()])
+
+
+# ----------------------------------------------------------------------------- serial
+
+
+def test_serial_same_seed_same_metrics(tmp_path):
+    cfg = small_cfg(runtime="serial", total_env_steps=3000, serial_log_steps=500)
+    run_serial_cfg(cfg, tmp_path / "a")
+    run_serial_cfg(cfg, tmp_path / "b")
+    a = (tmp_path / "a" / "metrics.csv").read_text()
+    b = (tmp_path / "b" / "metrics.csv").read_text()
+    assert a.count("\n") >= 6
+    assert a == b
+    assert torch.equal(final_params(tmp_path / "a"), final_params(tmp_path / "b"))
+
+
+def test_serial_different_seed_differs(tmp_path):
+    run_serial_cfg(small_cfg(runtime="serial", total_env_steps=2000), tmp_path / "a")
+    run_serial_cfg(small_cfg(runtime="serial", total_env_steps=2000, seed=1), tmp_path / "b")
+    assert not torch.equal(final_params(tmp_path / "a"), final_params(tmp_path / "b"))
+
+
+def test_serial_resume_is_bitwise_exact(tmp_path):
+    """Stop at k, resume to 2k: parameters equal an uninterrupted run to 2k, bit for bit."""
+    k = 2500
+    base = dict(runtime="serial", checkpoint_replay=True, checkpoint_period=0)
+    full = small_cfg(total_env_steps=2 * k, **base)
+    s_full = run_serial_cfg(full, tmp_path / "full")
+    first = small_cfg(total_env_steps=k, **base)
+    run_serial_cfg(first, tmp_path / "part")
+    s_resumed = run_serial_cfg(full, tmp_path / "part", resume=True)
+    assert s_full["env_steps"] == s_resumed["env_steps"]
+    assert s_full["updates"] == s_resumed["updates"] > 0
+    assert torch.equal(final_params(tmp_path / "full"), final_params(tmp_path / "part"))
+
+
+def test_nan_rewards_are_rejected_not_learned(tmp_path):
+    cfg = small_cfg(runtime="serial", total_env_steps=3000, **{"env.id": "distdqn/NaNReward-v0"})
+    s = run_serial_cfg(cfg, tmp_path / "r")
+    assert s["rejected"] > 0
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+    assert s["updates"] > 0  # learning went on with finite data only
+    # every NaN reward poisons at most n_step transitions' returns; about 1 in 10 steps is NaN
+    assert s["rejected"] <= 3 * s["produced"] // 10 + 3 * 8
+    assert s["rejected"] >= s["produced"] // 10 - 8
+
+
+def test_nan_observations_are_rejected(tmp_path):
+    cfg = small_cfg(runtime="serial", total_env_steps=1500, **{"env.id": "distdqn/NaNObs-v0"})
+    s = run_serial_cfg(cfg, tmp_path / "r")
+    assert s["rejected"] > 0
+    assert s["accounting_ok"]
+
+
+def test_crashing_env_is_recreated_and_counted(tmp_path):
+    cfg = small_cfg(runtime="serial", total_env_steps=1500, **{"env.id": "distdqn/Crashing-v0"})
+    from distdqn.testing_envs import reset_crash_state
+
+    reset_crash_state()
+    s = run_serial_cfg(cfg, tmp_path / "r")
+    assert s["env_restarts"] == 1
+    assert s["env_steps"] >= 1500
+
+
+def test_nonfinite_loss_stops_with_update_number(tmp_path):
+    from distdqn.core import NonFiniteLossError
+
+    cfg = small_cfg(runtime="serial", total_env_steps=5000, **{"learner.learning_rate": 1e30, "learner.max_grad_norm": None,
+                                                             "learner.optimizer": "rmsprop"})
+    with pytest.raises(NonFiniteLossError, match=r"at update \d+"):
+        run_serial_cfg(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = small_cfg(runtime="serial", total_env_steps=2000, checkpoint_period=20, keep_checkpoints=3)
+    run_serial_cfg(cfg, tmp_path / "r")
+    ckpts = complete_checkpoints(tmp_path / "r")
+    assert len(ckpts) == 3
+    newest = ckpts[0]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    from distdqn.checkpoint import CheckpointError, load_latest
+
+    with pytest.raises(CheckpointError, match=str(newest)):
+        load_checkpoint(newest)
+    path, _ = load_latest(tmp_path / "r")
+    assert path == ckpts[1]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_bad_config_fails_fast(tmp_path):
+    r = cli("train", "--set", "replay.capacity=0", "--run-dir", str(tmp_path / "r"), cwd=tmp_path)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "replay.capacity" in err[0] and "0" in err[0]
+    assert not (tmp_path / "r").exists()  # nothing was started or written
+
+
+def test_cli_bad_choice_lists_allowed(tmp_path):
+    r = cli("train", "--set", "replay.kind=fifo", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "replay.kind" in r.stderr and "prioritized" in r.stderr and "uniform" in r.stderr
+
+
+def test_cli_unknown_env(tmp_path):
+    r = cli("train", "--env", "NoSuchEnv-v9", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "NoSuchEnv-v9" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_unsupported_space(tmp_path):
+    r = cli("train", "--env", "Pendulum-v1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Discrete" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_serial_train_eval_plot(tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--runtime", "serial", "--total-env-steps", "1500", "--run-dir", str(run), "--no-progress",
+            "--set", "replay.min_replay_size=256", "--set", "eval.eval_episodes=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("config.yaml", "metrics.csv", "summary.json"):
+        assert (run / name).is_file()
+    assert list((run / "tb").glob("events.*"))
+    s = json.loads((run / "summary.json").read_text())
+    for key in ("final_eval_return", "env_steps", "updates", "wall_time_s", "sps", "ups",
+                "produced", "inserted", "rejected", "dropped"):
+        assert key in s
+    assert s["accounting_ok"]
+    r = cli("eval", str(run), "--episodes", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episodes"] == 3
+    r = cli("plot", str(run), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (run / "metrics.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- local runtime
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+def _actor_pids(pid: int) -> list[int]:
+    pids = []
+    for c in _children(pid):
+        try:
+            cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            pids.append(c)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.split(") ")[-1][0] != "Z"
+
+
+def _wait_for(cond, limit_s: float = 120.0) -> None:
+    # A guard against hanging forever, not a performance assertion.
+    end = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.1)
+
+
+def _start_train(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*CLI, "train", "--run-dir", str(run), "--no-progress", "--actors", "2",
+         "--set", "replay.min_replay_size=256", "--set", "eval.eval_episodes=5", *extra],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, run
+
+
+@pytest.mark.slow
+def test_local_learns_cartpole_past_200(tmp_path):
+    from distdqn.runtime.local import run_local
+
+    cfg = from_dict({"progress": False, "seed": 0, "total_env_steps": 60_000,
+                     "eval": {"eval_period": 2500, "eval_episodes": 10, "target_return": 200}})
+    (tmp_path / "r").mkdir()
+    s = run_local(cfg, spaces_for(cfg), tmp_path / "r")
+    assert s["final_eval_return"] >= 200, s
+    assert s["accounting_ok"]
+    assert s["updates"] > 0 and s["env_steps"] <= 60_000 + 2 * 4 * 64
+
+
+@pytest.mark.slow
+def test_local_sigterm_leaves_no_orphans_and_a_checkpoint(tmp_path):
+    proc, run = _start_train(tmp_path, "--total-env-steps", "10000000", "--set", "eval.target_return=null")
+    _wait_for(lambda: len(_actor_pids(proc.pid)) == 2)
+    kids = _children(proc.pid)
+    _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    # multiprocessing's resource tracker exits when it sees the parent's pipe close; give it a moment
+    try:
+        _wait_for(lambda: not [k for k in kids if _alive(k)], limit_s=10)
+    except AssertionError:
+        left = {k: Path(f"/proc/{k}/cmdline").read_bytes() for k in kids if _alive(k)}
+        raise AssertionError(f"orphan processes remain: {left}") from None
+    assert complete_checkpoints(run), "no checkpoint written"
+    s = json.loads((run / "summary.json").read_text())
+    assert s["stop_reason"] == "SIGTERM"
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+
+
+@pytest.mark.slow
+def test_local_killed_actor_is_restarted(tmp_path):
+    proc, run = _start_train(tmp_path, "--total-env-steps", "40000", "--set", "eval.target_return=null")
+    _wait_for(lambda: len(_actor_pids(proc.pid)) == 2)
+    _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 2)
+    victim = _actor_pids(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    s = json.loads((run / "summary.json").read_text())
+    assert s["actor_restarts"] >= 1
+    assert s["env_steps"] >= 40000 and s["updates"] > 1000  # learning went on
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+
+
+@pytest.mark.slow
+def test_local_resume_continues_counters(tmp_path):
+    proc, run = _start_train(tmp_path, "--total-env-steps", "6000", "--set", "eval.target_return=null")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    first = json.loads((run / "summary.json").read_text())
+    r = cli("train", "--resume", str(run), "--total-env-steps", "12000", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    second = json.loads((run / "summary.json").read_text())
+    assert second["resumed_from"]
+    assert second["env_steps"] >= 12000 and second["updates"] > first["updates"]
