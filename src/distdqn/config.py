@@ -89,7 +89,7 @@ class ReplayConfig:
     """New items at the max priority seen so far, or at the |TD error| the actor computed (Ape-X)."""
     min_replay_size: int = 1_000
     """No sampling before the replay holds this many transitions."""
-    samples_per_insert: float = 8.0
+    samples_per_insert: float = 16.0
     """Target replay ratio: sampled transitions per inserted transition. 0 disables limiting."""
     error_buffer: float | None = None
     """Allowed drift of inserts*samples_per_insert - samples around its start.
@@ -134,7 +134,7 @@ class LearnerConfig:
     """Double-DQN target (van Hasselt et al. 2016, eq. 4)."""
     max_grad_norm: float | None = 10.0
     """Clip the global gradient norm; None disables."""
-    target_update_period: int = 500
+    target_update_period: int = 100
     """Hard copy online -> target every this many updates (when ``tau`` is None)."""
     tau: float | None = None
     """Polyak averaging theta' <- tau*theta + (1-tau)*theta' every update instead of hard copies."""
@@ -150,7 +150,7 @@ class LearnerConfig:
 class EvalConfig:
     """Greedy evaluation."""
 
-    eval_period: int = 5_000
+    eval_period: int = 2_500
     """Env steps between evaluations (0: only at the end)."""
     eval_episodes: int = 20
     target_return: float | None = 475.0
