@@ -173,3 +173,18 @@ def test_torch_load_called_with_weights_only(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(ckpt_mod.torch, "load", spy)
     load_checkpoint(path)
     assert calls and all(c.get("weights_only") is True for c in calls)
+
+
+def test_save_after_fallback_keeps_the_new_checkpoint(tmp_path: Path) -> None:
+    old = save_checkpoint(tmp_path, 100, 1, state(1), keep=1)
+    bad = save_checkpoint(tmp_path, 300, 3, state(3), keep=1)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    # old was pruned by keep=1 when bad was written; resume from scratch and save again at 200
+    assert not old.exists()
+    assert load_latest(tmp_path) is None
+    new = save_checkpoint(tmp_path, 200, 2, state(2), keep=1)
+    assert new.exists()
+    got = load_latest(tmp_path)
+    assert got is not None and got[0] == new and got[1]["updates"] == 2

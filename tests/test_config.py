@@ -274,11 +274,6 @@ def test_apply_overrides_top_level_does_not_mutate_input() -> None:
     assert data == {"seed": 1} and out == {"seed": 2}
 
 
-@pytest.mark.xfail(
-    reason="BUG: apply_overrides only shallow-copies its input (_deep_merge({}, data) keeps the nested "
-    "dicts), so a dotted override writes into the caller's nested section",
-    strict=True,
-)
 def test_apply_overrides_does_not_mutate_nested_input() -> None:
     data = {"replay": {"capacity": 10}}
     snapshot = copy.deepcopy(data)

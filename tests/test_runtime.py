@@ -309,3 +309,34 @@ def test_local_resume_continues_counters(tmp_path):
     second = json.loads((run / "summary.json").read_text())
     assert second["resumed_from"]
     assert second["env_steps"] >= 12000 and second["updates"] > first["updates"]
+
+
+def _send_big(conn) -> None:
+    import numpy as np
+
+    conn.send(np.ones(4_000_000, dtype=np.float32))  # 16 MB: far more than a pipe buffer
+
+
+def test_receiver_survives_actor_killed_mid_message():
+    """An actor killed half-way through sending a chunk must not block the learner process."""
+    import multiprocessing as mp
+    import queue
+    import threading
+
+    from distdqn.runtime.local import _receive
+
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_send_big, args=(writer,), daemon=True)
+    proc.start()
+    writer.close()
+    _wait_for(lambda: reader.poll(), limit_s=60)  # the message has started arriving
+    time.sleep(0.3)
+    proc.kill()
+    proc.join()
+    inbox: queue.Queue = queue.Queue(maxsize=2)
+    t = threading.Thread(target=_receive, args=(reader, inbox, threading.Event()), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "receiver blocked on a half-written message"
+    assert inbox.empty()

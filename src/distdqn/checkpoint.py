@@ -55,17 +55,26 @@ def save_checkpoint(run_dir: Path, env_steps: int, updates: int, state: dict[str
               "env_steps": env_steps, "updates": updates}
     _atomic_write(ckdir / f"{name}.complete", lambda f: f.write(json.dumps(marker).encode()))
     for old in complete_checkpoints(run_dir)[keep:]:
+        if old == path:
+            continue
         old.unlink(missing_ok=True)
         old.with_suffix(".complete").unlink(missing_ok=True)
     return path
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint files that have a completion marker, newest first."""
+    """Checkpoint files that have a completion marker, newest written first (a run resumed
+    from an older checkpoint writes checkpoints whose names sort below a refused newer one)."""
     ckdir = Path(run_dir) / "checkpoints"
     if not ckdir.is_dir():
         return []
-    return sorted((m.with_suffix(".pt") for m in ckdir.glob("ckpt-*.complete")), reverse=True)
+    markers = []
+    for m in ckdir.glob("ckpt-*.complete"):
+        try:
+            markers.append((m.stat().st_mtime_ns, m.name, m))
+        except OSError:
+            continue
+    return [m.with_suffix(".pt") for _, _, m in sorted(markers, reverse=True)]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ and written back out resolved (:func:`to_dict`).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -417,7 +418,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` strings (values parsed as YAML scalars/lists) to nested data."""
-    out = _deep_merge({}, data)
+    out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError("--set", item, "key=value, e.g. replay.capacity=50000")

@@ -3,18 +3,23 @@ learning, evaluation, metrics and checkpoints.
 
 Data paths:
 
-- experience: each actor puts whole :class:`~distdqn.core.TransitionChunk` objects on its
-  own bounded ``multiprocessing`` queue (numpy arrays, pickled by the standard library).
-  The learner takes a chunk only when the replay's rate limiter allows an insert, so a
-  full queue blocks its actor: that is how ``samples_per_insert`` throttles collection.
+- experience: each actor sends whole :class:`~distdqn.core.TransitionChunk` objects down its
+  own one-way ``multiprocessing`` pipe (numpy arrays, pickled by the standard library). In
+  the learner process a receiver thread per actor moves them into a small in-process inbox.
+  The learner takes a chunk only when the replay's rate limiter allows an insert; a full
+  inbox stops the receiver, the pipe fills and the actor blocks in ``send``: that is how
+  ``samples_per_insert`` throttles collection. The learner process keeps no copy of the
+  pipe's write end, so an actor that dies (even mid-message) shows up as end-of-file on its
+  receiver thread and can never leave the learner blocked on a half-written chunk.
 - parameters: one shared-memory float32 vector plus a version under a sequence lock
   (:class:`SharedParams`). The learner writes every ``publish_period`` updates; actors
   poll the version every ``param_sync_period`` steps and copy only when it is newer.
 
 Supervision: an actor process that dies is restarted (``actor_restarts``) with a fresh
-queue. SIGINT/SIGTERM stop the run gracefully: actors are told to stop, joined (killed
-after a grace period), their queues drained (counted as ``dropped``), a final checkpoint
-and ``summary.json`` are written. Actors exit on their own if the learner process dies.
+pipe. SIGINT/SIGTERM stop the run gracefully: actors are told to stop, joined (killed
+after a grace period), their inboxes drained (counted as ``dropped``), a final checkpoint
+and ``summary.json`` are written. Actors exit on their own if the learner process dies
+(their ``send`` fails, or they notice the parent pid changed).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +45,8 @@ from distdqn.runtime.common import Coordinator
 
 log = logging.getLogger(__name__)
 
-QUEUE_CHUNKS = 4
-"""Chunks an actor may have in flight before it blocks."""
+INBOX_CHUNKS = 2
+"""Received chunks buffered per actor in the learner process (plus what the pipe holds)."""
 JOIN_GRACE_S = 10.0
 
 
@@ -91,13 +97,12 @@ def actor_main(
     cfg: ExperimentConfig,
     spaces: EnvSpaces,
     params: SharedParams,
-    out_queue: Any,
+    out_conn: Any,
     stop_event: Any,
     parent_pid: int,
 ) -> None:
     """Body of an actor process: sync parameters, step, send chunks, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
-    out_queue.cancel_join_thread()  # never block exit on unsent data (counted as lost, not produced)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
     actor = build_actor(cfg, spaces, actor_id, generation)
@@ -115,17 +120,33 @@ def actor_main(
             chunk = actor.step()
             steps += 1
             if chunk is not None:
-                while not stop_event.is_set():
-                    try:
-                        out_queue.put(chunk, timeout=0.2)
-                        break
-                    except queue_mod.Full:
-                        if os.getppid() != parent_pid:
-                            return
+                try:
+                    out_conn.send(chunk)  # blocks while the learner is not taking chunks
+                except OSError:  # BrokenPipeError: the learner process is gone
+                    return
             if steps % 256 == 0 and os.getppid() != parent_pid:
                 return  # the learner process is gone: do not linger as an orphan
     finally:
         actor.close()
+        out_conn.close()
+
+
+def _receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event) -> None:
+    """Receiver thread: pipe -> inbox until end-of-file (the actor exited or died)."""
+    try:
+        while True:
+            chunk = conn.recv()
+            while True:
+                try:
+                    inbox.put(chunk, timeout=0.1)
+                    break
+                except queue_mod.Full:
+                    if halt.is_set():
+                        return
+    except (EOFError, OSError):
+        return
+    finally:
+        conn.close()
 
 
 class _ActorHandle:
@@ -133,7 +154,8 @@ class _ActorHandle:
         self.actor_id = actor_id
         self.generation = 0
         self.proc: Any = None
-        self.queue: Any = None
+        self.inbox: queue_mod.Queue | None = None
+        self.thread: threading.Thread | None = None
 
 
 def run_local(
@@ -161,15 +183,22 @@ def run_local(
         for h, g in zip(handles, co.restored_extra.get("actor_generations", [])):
             h.generation = int(g) + 1  # resumed actors explore with fresh seeds
 
+    halt = threading.Event()
+
     def start(h: _ActorHandle) -> None:
-        h.queue = ctx.Queue(maxsize=QUEUE_CHUNKS)
+        reader, writer = ctx.Pipe(duplex=False)
+        h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
         h.proc = ctx.Process(
             target=actor_main,
-            args=(h.actor_id, h.generation, cfg, spaces, shared, h.queue, stop_event, os.getpid()),
+            args=(h.actor_id, h.generation, cfg, spaces, shared, writer, stop_event, os.getpid()),
             name=f"distdqn-actor-{h.actor_id}",
             daemon=True,
         )
         h.proc.start()
+        writer.close()  # only the actor holds the write end: its exit means EOF for us
+        h.thread = threading.Thread(target=_receive, args=(reader, h.inbox, halt),
+                                    name=f"distdqn-recv-{h.actor_id}", daemon=True)
+        h.thread.start()
 
     stop = {"flag": False, "reason": None}
 
@@ -195,7 +224,7 @@ def run_local(
                 if not co.can_insert(chunk_size):
                     break
                 try:
-                    chunk = h.queue.get_nowait()
+                    chunk = h.inbox.get_nowait()
                 except queue_mod.Empty:
                     continue
                 co.ingest(chunk)
@@ -221,6 +250,7 @@ def run_local(
                         log.warning("actor %d died (exit code %s); restarting it (restart %d)",
                                     h.actor_id, h.proc.exitcode, co.c.actor_restarts)
                         h.proc.join(timeout=0)
+                        _drain(h, co)
                         h.generation += 1
                         start(h)
             if co.c.env_steps >= cfg.total_env_steps:
@@ -242,7 +272,7 @@ def run_local(
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-        _shutdown(handles, stop_event, co)
+        _shutdown(handles, stop_event, halt, co)
     co.stop_reason = stop["reason"]
     co.checkpoint({"actor_generations": [h.generation for h in handles]})
     if error is None and co.stop_reason != "target_return":
@@ -253,8 +283,8 @@ def run_local(
     return summary
 
 
-def _shutdown(handles: list[_ActorHandle], stop_event: Any, co: Coordinator) -> None:
-    """Stop every actor process; drain their queues (counted as dropped); kill stragglers."""
+def _shutdown(handles: list[_ActorHandle], stop_event: Any, halt: threading.Event, co: Coordinator) -> None:
+    """Stop every actor process; drain their inboxes (counted as dropped); kill stragglers."""
     stop_event.set()
     deadline = time.perf_counter() + JOIN_GRACE_S
     while time.perf_counter() < deadline:
@@ -269,15 +299,25 @@ def _shutdown(handles: list[_ActorHandle], stop_event: Any, co: Coordinator) -> 
             h.proc.kill()
         if h.proc is not None:
             h.proc.join(timeout=5)
+    # Every actor is gone, so every receiver sees end-of-file once its pipe is empty.
+    deadline = time.perf_counter() + 5.0
+    while any(h.thread is not None and h.thread.is_alive() for h in handles) and time.perf_counter() < deadline:
+        for h in handles:
+            _drain(h, co)
+        time.sleep(0.01)
+    halt.set()
+    for h in handles:
+        if h.thread is not None:
+            h.thread.join(timeout=1)
         _drain(h, co)
 
 
 def _drain(h: _ActorHandle, co: Coordinator) -> None:
-    if h.queue is None:
+    if h.inbox is None:
         return
     while True:
         try:
-            chunk = h.queue.get_nowait()
-        except (queue_mod.Empty, OSError, ValueError, EOFError):
+            chunk = h.inbox.get_nowait()
+        except queue_mod.Empty:
             return
         co.drop(len(chunk))

@@ -1,0 +1,456 @@
+"""Tests of the roles: ParameterServer, Learner, Actor, Evaluator."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from distdqn import testing_envs
+from distdqn.config import ExperimentConfig, LearnerConfig, NetworkConfig, replace
+from distdqn.core import NonFiniteLossError, SampledBatch, flat_params
+from distdqn.exploration import linear_epsilon
+from distdqn.losses import n_step_double_dqn_targets
+from distdqn.networks import make_network
+from distdqn.program import build_actor, build_evaluator, build_network, spaces_for
+from distdqn.roles.evaluator import Evaluator
+from distdqn.roles.learner import Learner
+from distdqn.roles.parameter_server import ParameterServer
+
+
+def roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- parameter server
+
+
+def test_parameter_server_versioning() -> None:
+    init = np.arange(5, dtype=np.float32)
+    ps = ParameterServer(init)
+    assert ps.num_params == 5 and ps.version == 0
+    v, p = ps.get_params()
+    assert v == 0 and np.array_equal(p, init)
+    assert ps.get_params(newer_than=0) is None
+    assert ps.set_params(init * 2) == 1
+    assert ps.get_params(newer_than=1) is None
+    assert ps.get_params(newer_than=5) is None
+    v, p = ps.get_params(newer_than=0)
+    assert v == 1 and np.array_equal(p, init * 2)
+    p[:] = -1  # a copy: the server is unaffected
+    assert np.array_equal(ps.get_params()[1], init * 2)
+    init[:] = 99  # the constructor copied too
+    assert np.array_equal(ps.get_params()[1], np.arange(5, dtype=np.float32) * 2)
+
+
+def test_parameter_server_wrong_length_and_state() -> None:
+    ps = ParameterServer(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="5"):
+        ps.set_params(np.zeros(5, np.float32))
+    assert ps.version == 0
+    ps.set_params(np.ones(4, np.float32))
+    ps2 = ParameterServer(np.zeros(4, np.float32))
+    ps2.load_state_dict(roundtrip(ps.state_dict()))
+    assert ps2.version == 1 and np.array_equal(ps2.get_params()[1], np.ones(4, np.float32))
+
+
+# ----------------------------------------------------------------------------- learner
+
+
+def tiny_net(seed: int = 0, dueling: bool = False) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return make_network(NetworkConfig(kind="mlp", hidden_sizes=(8,), dueling=dueling), (4,), 2)
+
+
+def lcfg(**kw) -> LearnerConfig:
+    base = dict(batch_size=4, learning_rate=1e-2, device="cpu", target_update_period=100)
+    base.update(kw)
+    return LearnerConfig(**base)
+
+
+def batch(seed: int = 0, b: int = 4, reward=None) -> SampledBatch:
+    g = torch.Generator().manual_seed(seed)
+    return SampledBatch(
+        obs=torch.randn(b, 4, generator=g),
+        action=torch.randint(0, 2, (b,), generator=g),
+        reward=torch.randn(b, generator=g) if reward is None else torch.as_tensor(reward, dtype=torch.float32),
+        discount=torch.tensor([0.99**3, 0.0, 0.99, 0.99**2])[:b],
+        next_obs=torch.randn(b, 4, generator=g),
+        weights=torch.tensor([1.0, 0.5, 0.25, 1.0])[:b],
+        keys=np.arange(b, dtype=np.int64),
+    )
+
+
+def params(m: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def test_learn_changes_params_and_returns_td_abs() -> None:
+    learner = Learner(lcfg(), tiny_net(), torch.device("cpu"))
+    bt = batch()
+    before = params(learner.online)
+    with torch.no_grad():
+        q = learner.online(bt.obs)
+        y = n_step_double_dqn_targets(bt.reward, bt.discount, learner.online(bt.next_obs), learner.target(bt.next_obs))
+        expected_td = (y - q[torch.arange(4), bt.action]).abs()
+    out = learner.learn(bt)
+    assert out.td_abs.shape == (4,) and out.td_abs.dtype == np.float32
+    np.testing.assert_allclose(out.td_abs, expected_td.numpy(), rtol=1e-5, atol=1e-6)
+    assert set(out.metrics) >= {"td_loss", "q_mean", "grad_norm"}
+    assert out.metrics["q_mean"] == pytest.approx(float(q.mean()), rel=1e-5)
+    # weighted huber loss by hand
+    d = expected_td
+    hub = torch.where(d <= 1, 0.5 * d**2, d - 0.5)
+    assert out.metrics["td_loss"] == pytest.approx(float((hub * bt.weights).mean()), rel=1e-5)
+    assert learner.updates == 1
+    after = params(learner.online)
+    assert any(not torch.equal(a, b_) for a, b_ in zip(before, after))
+    # target untouched (period 100)
+    for t, p0 in zip(learner.target.parameters(), before):
+        assert torch.equal(t, p0)
+    assert np.array_equal(learner.get_params(), flat_params(learner.online))
+
+
+def test_hard_target_update_period() -> None:
+    learner = Learner(lcfg(target_update_period=1), tiny_net(), torch.device("cpu"))
+    learner.learn(batch())
+    for t, o in zip(learner.target.parameters(), learner.online.parameters()):
+        assert torch.equal(t, o)
+    assert not learner.target.parameters().__next__().requires_grad
+
+    learner2 = Learner(lcfg(target_update_period=2), tiny_net(), torch.device("cpu"))
+    init = params(learner2.online)
+    learner2.learn(batch(0))
+    for t, p0 in zip(learner2.target.parameters(), init):
+        assert torch.equal(t, p0)
+    learner2.learn(batch(1))
+    for t, o in zip(learner2.target.parameters(), learner2.online.parameters()):
+        assert torch.equal(t, o)
+
+
+def test_polyak_tau_half() -> None:
+    learner = Learner(lcfg(tau=0.5), tiny_net(), torch.device("cpu"))
+    p0 = params(learner.online)
+    learner.learn(batch())
+    p1 = params(learner.online)
+    for t, a, b_ in zip(learner.target.parameters(), p0, p1):
+        assert not torch.equal(a, b_) or a.numel() == 0
+        torch.testing.assert_close(t.detach(), (a + b_) / 2, rtol=1e-6, atol=1e-7)
+        assert torch.equal(t.detach(), torch.lerp(a, b_, 0.5))
+
+
+def test_polyak_two_steps() -> None:
+    tau = 0.25
+    learner = Learner(lcfg(tau=tau), tiny_net(), torch.device("cpu"))
+    tgt = params(learner.online)
+    for k in range(2):
+        learner.learn(batch(k))
+        tgt = [(1 - tau) * t + tau * o for t, o in zip(tgt, params(learner.online))]
+    for t, e in zip(learner.target.parameters(), tgt):
+        torch.testing.assert_close(t.detach(), e, rtol=1e-5, atol=1e-6)
+
+
+def test_no_double_dqn_and_rmsprop_and_no_clip() -> None:
+    learner = Learner(lcfg(double_dqn=False, optimizer="rmsprop", max_grad_norm=None, loss="mse"), tiny_net(),
+                      torch.device("cpu"))
+    bt = batch()
+    with torch.no_grad():
+        q = learner.online(bt.obs)
+        y = bt.reward + bt.discount * learner.target(bt.next_obs).max(1).values
+    out = learner.learn(bt)
+    np.testing.assert_allclose(out.td_abs, (y - q[torch.arange(4), bt.action]).abs().numpy(), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(out.metrics["grad_norm"]) and out.metrics["grad_norm"] > 0
+
+
+def test_nan_reward_raises_and_leaves_params_unchanged() -> None:
+    learner = Learner(lcfg(), tiny_net(), torch.device("cpu"))
+    before = params(learner.online)
+    target_before = params(learner.target)
+    bad = batch(reward=[1.0, float("nan"), 0.0, 0.0])
+    with pytest.raises(NonFiniteLossError, match="update 1"):
+        learner.learn(bad)
+    assert learner.updates == 0
+    for a, b_ in zip(before, params(learner.online)):
+        assert torch.equal(a, b_)
+    for a, b_ in zip(target_before, params(learner.target)):
+        assert torch.equal(a, b_)
+    # a good step afterwards is exactly what a fresh learner does (optimizer state untouched)
+    fresh = Learner(lcfg(), tiny_net(), torch.device("cpu"))
+    out_a, out_b = learner.learn(batch(3)), fresh.learn(batch(3))
+    np.testing.assert_array_equal(out_a.td_abs, out_b.td_abs)
+    for a, b_ in zip(learner.online.parameters(), fresh.online.parameters()):
+        assert torch.equal(a, b_)
+    with pytest.raises(NonFiniteLossError, match="update 2"):
+        learner.learn(bad)
+
+
+def test_learner_state_dict_round_trip_bit_identical() -> None:
+    a = Learner(lcfg(), tiny_net(0, dueling=True), torch.device("cpu"))
+    for k in range(3):
+        a.learn(batch(k))
+    state = roundtrip(a.state_dict())
+    b_ = Learner(lcfg(), tiny_net(1, dueling=True), torch.device("cpu"))
+    b_.load_state_dict(state)
+    assert b_.updates == 3
+    for k in range(3, 5):
+        oa, ob = a.learn(batch(k)), b_.learn(batch(k))
+        np.testing.assert_array_equal(oa.td_abs, ob.td_abs)
+        assert oa.metrics == ob.metrics
+    np.testing.assert_array_equal(a.get_params(), b_.get_params())
+    np.testing.assert_array_equal(flat_params(a.target), flat_params(b_.target))
+
+
+# ----------------------------------------------------------------------------- actor
+
+
+def actor_cfg(**changes) -> ExperimentConfig:
+    base = {"actor.chunk_size": 16, "env.envs_per_actor": 2, "learner.device": "cpu"}
+    base.update(changes)
+    return replace(ExperimentConfig(), **base)
+
+
+def run_actor(actor, steps: int) -> list:
+    chunks = []
+    for _ in range(steps):
+        c = actor.step()
+        if c is not None:
+            chunks.append(c)
+    return chunks
+
+
+def test_actor_chunks() -> None:
+    cfg = actor_cfg()
+    spaces = spaces_for(cfg)
+    actor = build_actor(cfg, spaces, 0)
+    g = cfg.learner.gamma
+    try:
+        chunks = run_actor(actor, 60)
+        last = actor.flush()
+        if last is not None:
+            chunks.append(last)
+    finally:
+        actor.close()
+    assert len(chunks) >= 5
+    total = 0
+    for c in chunks:
+        t = len(c)
+        total += t
+        assert t >= 1
+        assert c.obs.shape == (t, 4) and c.obs.dtype == np.float32
+        assert c.next_obs.shape == (t, 4) and c.next_obs.dtype == np.float32
+        assert c.action.dtype == np.int64 and set(np.unique(c.action)) <= {0, 1}
+        assert c.reward.dtype == np.float32 and c.discount.dtype == np.float32
+        powers = np.array([g, g**2, g**3], dtype=np.float32)
+        for r, d in zip(c.reward, c.discount):
+            if d == 0:
+                # terminated inside the window: R = 1 + g + ... (m <= 3 CartPole rewards of 1)
+                assert any(np.isclose(r, sum(g**k for k in range(m)), rtol=1e-6) for m in (1, 2, 3))
+            else:
+                m = int(np.argmin(np.abs(powers - d))) + 1
+                assert d == pytest.approx(g**m, rel=1e-6)
+                assert r == pytest.approx(sum(g**k for k in range(m)), rel=1e-6)
+        assert c.priority is not None and c.priority.shape == (t,) and c.priority.dtype == np.float32
+        assert np.all(np.isfinite(c.priority)) and np.all(c.priority >= 0)
+        # priorities are |R + d * max_a Q(s', a) - Q(s, a)| with the actor's own network
+        with torch.no_grad():
+            q = actor.net(torch.from_numpy(c.obs))
+            qn = actor.net(torch.from_numpy(c.next_obs))
+        exp = np.abs(c.reward + c.discount * qn.max(1).values.numpy() - q.numpy()[np.arange(t), c.action])
+        np.testing.assert_allclose(c.priority, exp, rtol=1e-5, atol=1e-6)
+        assert c.actor_id == 0 and c.param_version == -1
+    assert sum(c.env_steps for c in chunks) == actor.env_steps == 2 * 60 == 2 * actor.steps
+    # transitions pending in the accumulator are not yet in any chunk
+    assert total <= actor.env_steps
+    assert all(len(c) >= 16 for c in chunks[:-1])
+    lengths = [l for c in chunks for l in c.episode_lengths]
+    returns = [r for c in chunks for r in c.episode_returns]
+    assert len(lengths) >= 2 and lengths == [int(r) for r in returns]  # CartPole: return == length
+
+
+def test_actor_epsilons() -> None:
+    cfg = actor_cfg(**{"actor.epsilon_schedule": "apex", "actor.num_actors": 2})
+    spaces = spaces_for(cfg)
+    a1 = build_actor(cfg, spaces, 1)
+    try:
+        # 4 sub-envs in total; actor 1 holds i = 2, 3: 0.4^(1 + 7*2/3), 0.4^8
+        np.testing.assert_allclose(a1.epsilons(), [0.4 ** (1 + 14 / 3), 0.4**8])
+    finally:
+        a1.close()
+    cfg = actor_cfg(**{"actor.num_actors": 3, "actor.epsilon_decay_steps": 100, "actor.epsilon_end": 0.1})
+    a = build_actor(cfg, spaces, 0)
+    try:
+        np.testing.assert_allclose(a.epsilons(), [1.0, 1.0])
+        run_actor(a, 5)  # 10 env steps of this actor, ~30 of all 3 actors
+        np.testing.assert_allclose(a.epsilons(), [linear_epsilon(30, 1.0, 0.1, 100)] * 2)
+        assert a.epsilons()[0] == pytest.approx(0.73)
+    finally:
+        a.close()
+
+
+def test_actor_param_sync() -> None:
+    cfg = actor_cfg(**{"actor.param_sync_period": 3})
+    spaces = spaces_for(cfg)
+    a = build_actor(cfg, spaces, 0)
+    try:
+        assert a.wants_params()
+        other = build_network(cfg, spaces, seed_path=(99,))
+        a.set_params(7, flat_params(other))
+        assert a.param_version == 7 and not a.wants_params()
+        np.testing.assert_array_equal(flat_params(a.net), flat_params(other))
+        run_actor(a, 2)
+        assert not a.wants_params()
+        run_actor(a, 1)
+        assert a.wants_params()
+        a.mark_synced()
+        assert not a.wants_params()
+    finally:
+        a.close()
+
+
+@pytest.fixture
+def crash_armed():
+    testing_envs.reset_crash_state()
+    yield
+    testing_envs.reset_crash_state()
+
+
+def test_actor_survives_env_crash(crash_armed) -> None:
+    cfg = actor_cfg(**{"env.id": "distdqn/Crashing-v0"})
+    spaces = spaces_for(cfg)
+    actor = build_actor(cfg, spaces, 0)
+    try:
+        chunks = run_actor(actor, 80)  # 2 envs: the 100th env step (vector step 50) crashes
+        last = actor.flush()
+    finally:
+        actor.close()
+    if last is not None:
+        chunks.append(last)
+    assert testing_envs.crash_state()[1] is True
+    assert actor.env_restarts == 1
+    assert actor.steps == 79 and actor.env_steps == 158
+    assert sum(c.env_restarts for c in chunks) == 1
+    assert sum(c.env_steps for c in chunks) == 158
+    assert sum(len(c) for c in chunks) > 100  # it kept producing after the crash
+    for c in chunks:
+        assert np.all(np.isfinite(c.obs)) and np.all(np.isfinite(c.reward))
+
+
+def _chunks_equal(x, y) -> None:
+    assert len(x) == len(y)
+    for a, b_ in zip(x, y):
+        for f in ("obs", "action", "reward", "discount", "next_obs", "priority"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b_, f), err_msg=f)
+        assert a.episode_returns == b_.episode_returns and a.episode_lengths == b_.episode_lengths
+        assert a.env_steps == b_.env_steps and a.param_version == b_.param_version
+
+
+@pytest.mark.parametrize("generation", [0, 1])
+def test_actor_state_dict_restore_identical_chunks(generation: int) -> None:
+    cfg = actor_cfg(**{"actor.epsilon_start": 0.5, "actor.epsilon_decay_steps": 200})
+    spaces = spaces_for(cfg)
+    a1 = build_actor(cfg, spaces, 0)
+    a2 = None
+    try:
+        run_actor(a1, 37)  # mid-episode, with transitions pending
+        state = roundtrip(a1.state_dict())
+        # a different generation has a different seed: the state must override all of it
+        a2 = build_actor(cfg, spaces, 0, generation=generation)
+        a2.load_state_dict(state)
+        assert a2.steps == a1.steps and a2.env_steps == a1.env_steps
+        np.testing.assert_array_equal(a2._obs, a1._obs)
+        c1, c2 = run_actor(a1, 60), run_actor(a2, 60)
+        assert len(c1) >= 5
+        assert sum(len(c.episode_returns) for c in c1) >= 2  # episodes ended after the restore
+        _chunks_equal(c1, c2)
+    finally:
+        a1.close()
+        if a2 is not None:
+            a2.close()
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+def greedy_cartpole_return(net, seed: int) -> float:
+    env = gymnasium.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+        with torch.no_grad():
+            a = int(net(torch.from_numpy(np.asarray(obs)[None])).argmax(1)[0])
+        obs, r, term, trunc, _ = env.step(a)
+        total += float(r)
+        done = term or trunc
+    env.close()
+    return total
+
+
+def test_evaluator_returns_and_determinism() -> None:
+    cfg = actor_cfg()
+    spaces = spaces_for(cfg)
+    ev1, ev2 = build_evaluator(cfg, spaces), build_evaluator(cfg, spaces)
+    net = build_network(cfg, spaces, seed_path=(5,))
+    p = flat_params(net)
+    try:
+        r1 = ev1.evaluate(p, 3)
+        r2 = ev2.evaluate(p, 3)
+        assert r1.shape == (3,) and r1.dtype == np.float64
+        np.testing.assert_array_equal(r1, r2)
+        assert np.all((r1 >= 1) & (r1 <= 500)) and np.all(r1 == np.round(r1))
+        # the same evaluation index gives the same result again
+        ev1.evaluations = 0
+        np.testing.assert_array_equal(ev1.evaluate(p, 3), r1)
+        # greedy returns from the seeds the evaluator draws for evaluation 0
+        rng = np.random.default_rng([ev1.seed, 99, 0])
+        seeds = [int(s) for s in rng.integers(2**31 - 1, size=3)]
+        expected = sorted(greedy_cartpole_return(net, s) for s in seeds)
+        assert sorted(r1.tolist()) == expected
+    finally:
+        ev1.close()
+        ev2.close()
+
+
+def test_evaluator_more_episodes_than_parallel() -> None:
+    cfg = actor_cfg()
+    spaces = spaces_for(cfg)
+    net = build_network(cfg, spaces)
+    p = flat_params(net)
+    ev = Evaluator(cfg.env, copy.deepcopy(net), seed=3, max_parallel=2)
+    ev_b = Evaluator(cfg.env, copy.deepcopy(net), seed=3, max_parallel=2)
+    try:
+        r = ev.evaluate(p, 5)
+        assert r.shape == (5,) and np.all(r >= 1)
+        np.testing.assert_array_equal(r, ev_b.evaluate(p, 5))
+        r_next = ev.evaluate(p, 1)  # evaluation index 1: a different seed stream
+        assert r_next.shape == (1,)
+    finally:
+        ev.close()
+        ev_b.close()
+
+
+def test_actor_state_dict_restore_after_param_sync() -> None:
+    """The restored actor acts with the synced weights, not its initial ones."""
+    cfg = actor_cfg(**{"actor.epsilon_start": 0.5, "actor.epsilon_decay_steps": 200})
+    spaces = spaces_for(cfg)
+    a1 = build_actor(cfg, spaces, 0)
+    a2 = None
+    try:
+        a1.set_params(3, flat_params(build_network(cfg, spaces, seed_path=(42,))))
+        run_actor(a1, 20)
+        state = roundtrip(a1.state_dict())
+        a2 = build_actor(cfg, spaces, 0)
+        a2.load_state_dict(state)
+        assert a2.param_version == 3
+        np.testing.assert_array_equal(flat_params(a2.net), flat_params(a1.net))
+        _chunks_equal(run_actor(a1, 40), run_actor(a2, 40))
+    finally:
+        a1.close()
+        if a2 is not None:
+            a2.close()
