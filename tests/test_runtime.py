@@ -51,7 +51,7 @@ def run_serial_cfg(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -
 
 def final_params(run_dir: Path) -> torch.Tensor:
     state = load_checkpoint(complete_checkpoints(run_dir)[0])
-    return torch.cat([t.reshape(-1) for t in state["learner"]["online"].values()])
+    return state["params"]
 
 
 # ----------------------------------------------------------------------------- serial

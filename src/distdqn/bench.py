@@ -425,16 +425,17 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
         rng = np.random.default_rng([cfg.seed, 12])
         fill = min(c.replay.capacity, FILL_LIMIT)
         gamma_n = c.learner.gamma ** c.actor.n_step
-        for start in range(0, fill, 10_000):
+        for i, start in enumerate(range(0, fill, 10_000)):
             d = _random_transitions(spaces, min(10_000, fill - start), rng, gamma_n)
-            co.replay.insert(TransitionChunk(**d))
+            co.replay.insert(TransitionChunk(**d, actor_id=i % c.actor.num_actors))
         shared = SharedParams(mp.get_context("spawn"), co.ps.num_params)
 
         def learner_step() -> None:
             if co.learn_step():
                 shared.write(co.ps.version, co.ps.get_params()[1])
 
-        bare = BareUpdate(c, spaces, co.learner.device)
+        device = resolve_device(c.learner.device)
+        bare = BareUpdate(c, spaces, device)
         for _ in range(20):  # warm-up (allocator, autograd graph caches)
             learner_step()
             bare()
@@ -450,7 +451,7 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
         co.evaluator.close()
     return {"ups": n_l / t_l, "ceiling_ups": n_b / t_b, "replay_size": len(co.replay),
             "batch_size": c.learner.batch_size, "torch_threads": c.learner.torch_threads,
-            "device": str(co.learner.device), "publish_period": c.learner.publish_period}
+            "device": str(device), "publish_period": c.learner.publish_period}
 
 
 # ----------------------------------------------------------------------------- (c) full run

@@ -31,7 +31,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     flag_map = {
         "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
         "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
-        "seed": "seed", "runtime": "runtime", "device": "learner.device",
+        "seed": "seed", "runtime": "runtime", "device": "learner.device", "learners": "learner.num_learners",
     }
     flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
@@ -127,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if found is None:
         return _fail(f"{run_dir}: no usable checkpoint under {run_dir / 'checkpoints'}")
     path, state = found
-    version, params = state["parameter_server"]["version"], state["parameter_server"]["params"].numpy()
+    version, params = state["parameter_server"]["version"], state["params"].numpy()
     ev = build_evaluator(cfg, spaces)
     if args.seed is not None:
         ev.seed = args.seed
@@ -162,7 +162,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or --resume) a run")
-    t.add_argument("--preset", help="topology preset (apex)")
+    t.add_argument("--preset", help="topology: apex (default), gorila or sync")
+    t.add_argument("--learners", type=int, help="learners (gorila, sync)")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")
     t.add_argument("--actors", type=int, help="actor processes")
     t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")

@@ -76,6 +76,8 @@ class ReplayConfig:
     """Experience replay and its rate limiter (see :mod:`distdqn.replay`)."""
 
     kind: Literal["prioritized", "uniform"] = "prioritized"
+    placement: Literal["central", "per_actor"] = "central"
+    """One central replay, or one pool per actor that learners sample in proportion to size."""
     capacity: int = 100_000
     """Transitions held; the oldest is overwritten first."""
     priority_exponent: float = 0.6
@@ -145,6 +147,25 @@ class LearnerConfig:
     """``auto``: CUDA when available."""
     torch_threads: int = 1
     """Intra-op threads of the learner process (small networks are fastest on 1)."""
+    num_learners: int = 1
+    """Learners (processes in the local runtime). ``apex`` has exactly one."""
+    sync_mode: Literal["allreduce", "average"] = "allreduce"
+    """``sync`` preset: all-reduce the gradients every step (identical learners), or take
+    ``average_period`` local steps and then average the parameters."""
+    average_period: int = 10
+    """``sync_mode: average``: local updates between parameter averages."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend for ``sync``: auto = NCCL when every learner has a GPU, else gloo."""
+
+
+@dataclass(frozen=True)
+class ParameterServerConfig:
+    """Parameter server in gradient mode (``gorila``): staleness bounds (Nair et al. 2015)."""
+
+    max_staleness: int = 4
+    """A gradient computed on parameters more than this many versions old is stale."""
+    stale_policy: Literal["drop", "scale"] = "drop"
+    """Stale gradients are dropped (counted), or applied scaled by 1/staleness."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +185,10 @@ class EvalConfig:
 class ExperimentConfig:
     """A whole experiment: topology, runtime, budgets and each role's slice."""
 
-    preset: Literal["apex"] = "apex"
+    preset: Literal["apex", "gorila", "sync"] = "apex"
+    """Topology: ``apex`` (one learner applies its own updates and publishes parameters),
+    ``gorila`` (learners push gradients to the parameter server, applied asynchronously),
+    ``sync`` (learners all-reduce gradients or average parameters with torch.distributed)."""
     runtime: Literal["serial", "local"] = "local"
     seed: int = 0
     total_env_steps: int = 100_000
@@ -184,6 +208,7 @@ class ExperimentConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -194,6 +219,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ape-X (Horgan et al. 2018): N actors, central prioritized replay, one learner
     # that owns the optimizer and publishes parameters. Defaults tuned on CartPole-v1.
     "apex": {},
+    # Gorila (Nair et al. 2015): several learners push gradients computed on the parameters
+    # they last pulled; the parameter server applies them with its own optimizer.
+    "gorila": {"learner": {"num_learners": 2}},
+    # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
+    "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce"}},
 }
 
 
@@ -259,10 +289,10 @@ def validate(cfg: ExperimentConfig) -> None:
            r.min_replay_size, f"learner.batch_size ({lr.batch_size}) <= value <= replay.capacity ({r.capacity})")
     if r.samples_per_insert > 0:
         buf = error_buffer(cfg)
-        need = max(r.samples_per_insert, lr.batch_size)
+        need = max(r.samples_per_insert, sample_unit(cfg))
         _check(buf >= need, "replay.error_buffer", r.error_buffer,
-               f">= max(samples_per_insert, batch_size) = {need}, or the rate limiter can deadlock "
-               "(neither an insert nor a sample would be allowed)")
+               f">= max(samples_per_insert, transitions per learning step) = {need}, or the rate limiter "
+               "can deadlock (neither an insert nor a sample would be allowed)")
     a = cfg.actor
     _check(a.num_actors >= 1, "actor.num_actors", a.num_actors, pos)
     _check(a.n_step >= 1, "actor.n_step", a.n_step, pos)
@@ -282,18 +312,32 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(lr.tau is None or 0.0 < lr.tau <= 1.0, "learner.tau", lr.tau, "null or 0 < tau <= 1")
     _check(lr.publish_period >= 1, "learner.publish_period", lr.publish_period, pos)
     _check(lr.torch_threads >= 1, "learner.torch_threads", lr.torch_threads, pos)
+    _check(lr.num_learners >= 1, "learner.num_learners", lr.num_learners, pos)
+    if cfg.preset == "apex":
+        _check(lr.num_learners == 1, "learner.num_learners", lr.num_learners,
+               "1 with preset apex (use --preset gorila or sync for several learners)")
+    _check(lr.average_period >= 1, "learner.average_period", lr.average_period, pos)
+    _check(cfg.parameter_server.max_staleness >= 0, "parameter_server.max_staleness",
+           cfg.parameter_server.max_staleness, "an integer >= 0")
     ev = cfg.eval
     _check(ev.eval_period >= 0, "eval.eval_period", ev.eval_period, "an integer >= 0")
     _check(ev.eval_episodes >= 1, "eval.eval_episodes", ev.eval_episodes, pos)
     _check(0.0 <= ev.epsilon <= 1.0, "eval.epsilon", ev.epsilon, "0 <= epsilon <= 1")
 
 
+def sample_unit(cfg: ExperimentConfig) -> int:
+    """Transitions sampled at once: one batch, or one per learner for a synchronous round."""
+    m = cfg.learner.num_learners if cfg.preset == "sync" else 1
+    return cfg.learner.batch_size * m
+
+
 def error_buffer(cfg: ExperimentConfig) -> float:
-    """The rate limiter's error buffer, resolving the ``None`` default."""
+    """The rate limiter's error buffer, resolving the ``None`` default
+    (4 x max(samples_per_insert, transitions per learning step))."""
     r = cfg.replay
     if r.error_buffer is not None:
         return float(r.error_buffer)
-    return 4.0 * max(r.samples_per_insert, cfg.learner.batch_size)
+    return 4.0 * max(r.samples_per_insert, sample_unit(cfg))
 
 
 # ----------------------------------------------------------------------------- building

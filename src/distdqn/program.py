@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
 
-from distdqn.config import ExperimentConfig
+from distdqn.config import ExperimentConfig, error_buffer
+from distdqn.core import flat_params
 from distdqn.envs import EnvSpaces, env_spaces
 from distdqn.networks import make_network
 from distdqn.replay import Replay, make_replay
+from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
 from distdqn.roles.evaluator import Evaluator
 from distdqn.roles.learner import Learner, resolve_device
@@ -52,17 +56,28 @@ def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
     return Learner(cfg.learner, build_network(cfg, spaces), resolve_device(cfg.learner.device))
 
 
-def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay:
-    return make_replay(cfg.replay, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype,
-                       derive_seed(cfg.seed, REPLAY))
+def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay | ReplayPools:
+    """The central replay, or one pool per actor (``replay.placement: per_actor``)."""
+    seed = derive_seed(cfg.seed, REPLAY)
+    rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg))
+    if cfg.replay.placement == "per_actor":
+        return ReplayPools(rcfg, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype, seed,
+                           num_pools=cfg.actor.num_actors)
+    return make_replay(rcfg, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype, seed)
 
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
     return Evaluator(cfg.env, build_network(cfg, spaces), derive_seed(cfg.seed, EVAL), cfg.eval.epsilon)
 
 
-def build_parameter_server(learner: Learner) -> ParameterServer:
-    return ParameterServer(learner.get_params())
+def build_parameter_server(cfg: ExperimentConfig, spaces: EnvSpaces) -> ParameterServer:
+    """Publish-mode parameter server (apex, sync), or gradient mode with its own optimizer
+    and target network (gorila). Initial parameters are the seeded network's."""
+    net = build_network(cfg, spaces)
+    initial = flat_params(net)
+    if cfg.preset == "gorila":
+        return ParameterServer(initial, network=net, learner_cfg=cfg.learner, ps_cfg=cfg.parameter_server)
+    return ParameterServer(initial)
 
 
 def spaces_for(cfg: ExperimentConfig) -> EnvSpaces:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from distdqn.config import LearnerConfig
-from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, flat_params
+from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, flat_params, load_flat_params
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 
 
@@ -32,6 +32,11 @@ def make_optimizer(cfg: LearnerConfig, params) -> torch.optim.Optimizer:
 
 class Learner:
     """Double-DQN n-step learner that owns its optimizer (Ape-X: applies its own updates).
+
+    :meth:`learn` is one full step. For Gorila (Nair et al. 2015) and synchronous
+    data-parallel SGD the step splits into :meth:`compute_gradients` (flat ``[P]`` gradient,
+    no step) and :meth:`apply_gradients`; :meth:`set_params` / :meth:`set_target_params`
+    load parameters pulled from a parameter server.
 
     Args:
         cfg: learner config.
@@ -57,6 +62,88 @@ class Learner:
         Raises:
             NonFiniteLossError: the loss is NaN or inf (names the update number); parameters
                 are left untouched.
+        """
+        td_abs, metrics = self._loss_backward(batch)
+        self.optimizer.step()
+        self.updates += 1
+        self._update_target()
+        return LearnOutput(td_abs=td_abs, metrics=metrics)
+
+    def compute_gradients(self, batch: SampledBatch) -> LearnOutput:
+        """The (clipped) gradient of the TD loss on ``batch`` at the current online parameters,
+        without an optimizer step.
+
+        Used by the Gorila topology (Nair et al. 2015, sec. 3: learners send gradients to the
+        parameter server) and by synchronous data-parallel SGD (gradients all-reduced across
+        learners, then applied with :meth:`apply_gradients`). Gradient-norm clipping is the
+        same as in :meth:`learn`, applied to this learner's local gradient. Parameters,
+        optimizer state, the target network and ``updates`` are unchanged; the ``.grad`` of
+        the online parameters is left cleared (None).
+
+        Returns:
+            :class:`LearnOutput` with ``td_abs`` (``[B]`` float32 numpy), ``metrics`` as in
+            :meth:`learn`, and ``grads``: ``[P]`` float32 CPU tensor, the gradient flattened in
+            ``state_dict`` order (the layout of :func:`distdqn.core.flat_params`).
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or inf (names the update number it would have
+                been).
+        """
+        td_abs, metrics = self._loss_backward(batch)
+        with torch.no_grad():
+            grads = torch.cat([
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in self._params_in_state_dict_order()
+            ]).to(device="cpu", dtype=torch.float32)
+        self.optimizer.zero_grad(set_to_none=True)
+        return LearnOutput(td_abs=td_abs, metrics=metrics, grads=grads)
+
+    def apply_gradients(self, grads: np.ndarray | torch.Tensor) -> None:
+        """One optimizer step with a given flat gradient, then the target update of :meth:`learn`.
+
+        For synchronous data-parallel SGD every learner applies the same all-reduced gradient
+        with its own optimizer, so replicas that start equal stay equal. ``compute_gradients``
+        followed by ``apply_gradients(out.grads)`` is bit-identical to ``learn`` on the same batch.
+
+        Args:
+            grads: ``[P]`` float gradient in ``state_dict`` order (as returned in
+                :attr:`LearnOutput.grads`); copied, not kept.
+
+        Raises:
+            ValueError: wrong length.
+            NonFiniteLossError: a NaN or inf value (names the update number); nothing changes.
+        """
+        params = self._params_in_state_dict_order()
+        total = sum(p.numel() for p in params)
+        g = torch.as_tensor(grads)
+        if g.numel() != total:
+            raise ValueError(f"gradient vector has {g.numel()} values, network needs {total}")
+        g = g.detach().reshape(-1).to(device=self.device, dtype=torch.float32, copy=True)
+        if not bool(torch.isfinite(g).all()):
+            raise NonFiniteLossError(f"gradient has non-finite values at update {self.updates + 1}; stopping")
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = g[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        self._update_target()
+
+    def _params_in_state_dict_order(self) -> list[nn.Parameter]:
+        """The online parameters in ``state_dict`` order (asserts the network has no buffers,
+        so that this is the layout of :func:`distdqn.core.flat_params`)."""
+        named = dict(self.online.named_parameters())
+        keys = list(self.online.state_dict().keys())
+        assert keys == list(named.keys()), "flat gradients need a network without buffers or shared parameters"
+        return [named[k] for k in keys]
+
+    def _loss_backward(self, batch: SampledBatch) -> tuple[np.ndarray, dict[str, float]]:
+        """Forward, loss, backward and gradient clipping: leaves the gradient in ``.grad``.
+
+        Returns ``([B] float32 |TD error|, metrics)``. Raises NonFiniteLossError before
+        touching any gradient when the loss is not finite.
         """
         dev = self.device
         nb = dev.type == "cuda"
@@ -89,13 +176,8 @@ class Learner:
             grad_norm = float(nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.max_grad_norm))
         else:
             grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in self.online.parameters() if p.grad is not None])))
-        self.optimizer.step()
-        self.updates += 1
-        self._update_target()
-        return LearnOutput(
-            td_abs=td_abs.float().cpu().numpy(),
-            metrics={"td_loss": loss_value, "q_mean": float(q.detach().mean()), "grad_norm": grad_norm},
-        )
+        metrics = {"td_loss": loss_value, "q_mean": float(q.detach().mean()), "grad_norm": grad_norm}
+        return td_abs.float().cpu().numpy(), metrics
 
     def _update_target(self) -> None:
         tau = self.cfg.tau
@@ -110,6 +192,27 @@ class Learner:
     def get_params(self) -> np.ndarray:
         """Online parameters as one flat float32 CPU vector."""
         return flat_params(self.online)
+
+    def set_params(self, flat: np.ndarray | torch.Tensor) -> None:
+        """Overwrite the online parameters with a flat vector (layout of :func:`flat_params`),
+        e.g. pulled from the parameter server. Optimizer state, target and ``updates`` are kept.
+
+        Raises:
+            ValueError: wrong length.
+        """
+        load_flat_params(self.online, flat)
+
+    def set_target_params(self, flat: np.ndarray | torch.Tensor) -> None:
+        """Overwrite the target parameters with a flat vector (layout of :func:`flat_params`).
+
+        Raises:
+            ValueError: wrong length.
+        """
+        load_flat_params(self.target, flat)
+
+    def get_target_params(self) -> np.ndarray:
+        """Target parameters as one flat float32 CPU vector."""
+        return flat_params(self.target)
 
     def state_dict(self) -> dict:
         return {

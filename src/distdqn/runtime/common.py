@@ -27,12 +27,8 @@ from distdqn.core import TransitionChunk, finite_mask
 from distdqn.envs import EnvSpaces
 from distdqn.exploration import linear_epsilon
 from distdqn.metrics import MetricsLogger
-from distdqn.program import (
-    build_evaluator,
-    build_learner,
-    build_parameter_server,
-    build_replay,
-)
+from distdqn.program import build_evaluator, build_parameter_server, build_replay
+from distdqn.runtime.updaters import Updater, make_updater
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +44,7 @@ class Counters:
     dropped: int = 0
     episodes: int = 0
     actor_restarts: int = 0
+    learner_restarts: int = 0
     env_restarts: int = 0
     next_eval_at: int = 0
     evals: int = 0
@@ -73,13 +70,17 @@ class Coordinator:
         resume: continue from the newest complete checkpoint in ``run_dir``.
     """
 
-    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, deterministic: bool, resume: bool):
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, deterministic: bool, resume: bool,
+                 in_process_learners: bool = True):
         self.cfg, self.spaces, self.run_dir = cfg, spaces, Path(run_dir)
         self.deterministic = deterministic
         torch.set_num_threads(cfg.learner.torch_threads)
-        self.learner = build_learner(cfg, spaces)
         self.replay = build_replay(cfg, spaces)
-        self.ps = build_parameter_server(self.learner)
+        self.ps = build_parameter_server(cfg, spaces)
+        # None when the learners run in their own processes (the runtime steps them).
+        self.updater: Updater | None = make_updater(cfg, spaces, self.ps) if in_process_learners else None
+        self.remote_updates = 0
+        self.learn_metrics: dict[str, float] = {}
         self.evaluator = build_evaluator(cfg, spaces)
         self.c = Counters(next_eval_at=cfg.eval.eval_period if cfg.eval.eval_period > 0 else cfg.total_env_steps)
         self.restored_extra: dict[str, Any] | None = None
@@ -90,18 +91,17 @@ class Coordinator:
                 raise FileNotFoundError(f"--resume: no usable checkpoint under {self.run_dir / 'checkpoints'}")
             self.resumed_from, state = found
             self._restore(state)
-            log.info("resumed from %s at env_steps=%d updates=%d", self.resumed_from, self.c.env_steps, self.learner.updates)
+            log.info("resumed from %s at env_steps=%d updates=%d", self.resumed_from, self.c.env_steps, self.updates)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.metrics = MetricsLogger(self.run_dir, cfg.total_env_steps, deterministic=deterministic,
                                      progress=cfg.progress, append=resume)
         self._recent_returns: deque[float] = deque(maxlen=20)
         self._recent_lengths: deque[int] = deque(maxlen=20)
-        self._learn_metrics: dict[str, float] = {}
         self._param_lag: deque[int] = deque(maxlen=100)
         self._session_start = time.perf_counter()
         self._wall_at_start = self.c.wall_time
-        self._last_log = (self._session_start, self.c.env_steps, self.learner.updates)
-        self._last_ckpt_updates = self.learner.updates
+        self._last_log = (self._session_start, self.c.env_steps, self.updates)
+        self._last_ckpt_updates = self.updates
         self.stop_reason: str | None = None
 
     # ------------------------------------------------------------------ data in
@@ -140,20 +140,28 @@ class Coordinator:
 
     # ------------------------------------------------------------------ learning
 
+    @property
+    def updates(self) -> int:
+        """Optimizer steps: the in-process updater's, or those reported by learner processes."""
+        return self.updater.updates if self.updater is not None else self.remote_updates
+
     def can_learn(self) -> bool:
-        return self.replay.can_sample(self.cfg.learner.batch_size)
+        assert self.updater is not None
+        return self.updater.can_step(self.replay)
 
     def learn_step(self) -> bool:
-        """One sample -> learn -> priority update; publishes every ``publish_period`` updates.
-        Returns True when new parameters were published."""
-        batch = self.replay.sample(self.cfg.learner.batch_size)
-        out = self.learner.learn(batch)
-        self.replay.update_priorities(batch.keys, out.td_abs)
-        self._learn_metrics = out.metrics
-        if self.learner.updates % self.cfg.learner.publish_period == 0:
-            self.ps.set_params(self.learner.get_params())
-            return True
-        return False
+        """One unit of learning (sample -> learn -> priority update) by the topology's updater.
+        Returns True when the parameter server got new parameters."""
+        assert self.updater is not None
+        published = self.updater.step(self.replay)
+        self.learn_metrics = self.updater.metrics
+        return published
+
+    def current_params(self) -> np.ndarray:
+        """The newest parameters (the in-process learner's, else the parameter server's)."""
+        if self.updater is not None:
+            return self.updater.params()
+        return self.ps.get_params()[1]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -166,7 +174,7 @@ class Coordinator:
         period = self.cfg.eval.eval_period
         while self.c.next_eval_at <= self.c.env_steps:
             self.c.next_eval_at += period if period > 0 else self.cfg.total_env_steps
-        returns = self.evaluator.evaluate(self.learner.get_params(), self.cfg.eval.eval_episodes)
+        returns = self.evaluator.evaluate(self.current_params(), self.cfg.eval.eval_episodes)
         self.c.evals += 1
         self.c.last_eval_returns = [float(x) for x in returns]
         self.c.last_eval_return = float(np.mean(returns))
@@ -196,10 +204,10 @@ class Coordinator:
         row: dict[str, Any] = {
             "env_steps": self.c.env_steps,
             "env_frames": self.c.env_steps * (self.cfg.env.frame_skip if _is_atari(self.cfg.env.id) else 1),
-            "updates": self.learner.updates,
+            "updates": self.updates,
             "wall_time": round(self.wall_time(), 3),
             "sps": (self.c.env_steps - s0) / dt,
-            "ups": (self.learner.updates - u0) / dt,
+            "ups": (self.updates - u0) / dt,
             "episode_return": float(np.mean(self._recent_returns)) if self._recent_returns else None,
             "episode_length": float(np.mean(self._recent_lengths)) if self._recent_lengths else None,
             "episodes": self.c.episodes,
@@ -211,14 +219,19 @@ class Coordinator:
             "param_lag": float(np.mean(self._param_lag)) if self._param_lag else None,
             "beta": self.replay.beta,
             "actor_restarts": self.c.actor_restarts,
+            "learner_restarts": self.c.learner_restarts,
             "env_restarts": self.c.env_restarts,
             "produced": self.c.produced,
             "inserted": self.c.inserted,
             "rejected": self.c.rejected,
             "dropped": self.c.dropped,
         }
-        row.update(self._learn_metrics)
-        self._last_log = (now, self.c.env_steps, self.learner.updates)
+        row.update(self.learn_metrics)
+        if self.ps.gradient_mode:
+            stal = self.ps.pop_staleness()
+            row["staleness"] = float(np.mean(stal)) if stal else None
+            row["dropped_stale_gradients"] = self.ps.dropped_stale_gradients
+        self._last_log = (now, self.c.env_steps, self.updates)
         return row
 
     def log_row(self, force: bool = False) -> None:
@@ -229,14 +242,16 @@ class Coordinator:
 
     def checkpoint_due(self) -> bool:
         p = self.cfg.checkpoint_period
-        return p > 0 and self.learner.updates - self._last_ckpt_updates >= p
+        return p > 0 and self.updates - self._last_ckpt_updates >= p
 
     def checkpoint(self, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint of everything this process owns plus ``extra`` (e.g. actor states)."""
         self.c.wall_time = self.wall_time()
         self._wall_at_start, self._session_start = self.c.wall_time, time.perf_counter()
         state: dict[str, Any] = {
-            "learner": self.learner.state_dict(),
+            "updater": self.updater.state_dict() if self.updater is not None else {},
+            "remote_updates": self.remote_updates,
+            "params": torch.from_numpy(self.current_params().copy()),  # newest, for `distdqn eval`
             "parameter_server": self.ps.state_dict(),
             "counters": self.c.state(),
             "torch_rng": torch.random.get_rng_state(),
@@ -245,12 +260,14 @@ class Coordinator:
         }
         if self.cfg.checkpoint_replay:
             state["replay"] = self.replay.state_dict()
-        path = save_checkpoint(self.run_dir, self.c.env_steps, self.learner.updates, state, self.cfg.keep_checkpoints)
-        self._last_ckpt_updates = self.learner.updates
+        path = save_checkpoint(self.run_dir, self.c.env_steps, self.updates, state, self.cfg.keep_checkpoints)
+        self._last_ckpt_updates = self.updates
         return path
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
+        if self.updater is not None and state["updater"]:
+            self.updater.load_state_dict(state["updater"])
+        self.remote_updates = int(state["remote_updates"])
         self.ps.load_state_dict(state["parameter_server"])
         for k, v in state["counters"].items():
             setattr(self.c, k, v)
@@ -278,10 +295,10 @@ class Coordinator:
             "solved_at_env_steps": c.solved_at_env_steps if c.solved_at_env_steps >= 0 else None,
             "solved_at_wall_time_s": c.solved_at_wall_time if c.solved_at_wall_time >= 0 else None,
             "env_steps": c.env_steps,
-            "updates": self.learner.updates,
+            "updates": self.updates,
             "wall_time_s": round(wall, 3),
             "sps": c.env_steps / max(wall, 1e-9),
-            "ups": self.learner.updates / max(wall, 1e-9),
+            "ups": self.updates / max(wall, 1e-9),
             "episodes": c.episodes,
             "produced": c.produced,
             "inserted": c.inserted,
@@ -289,6 +306,7 @@ class Coordinator:
             "dropped": c.dropped,
             "accounting_ok": c.produced == c.inserted + c.rejected + c.dropped,
             "actor_restarts": c.actor_restarts,
+            "learner_restarts": c.learner_restarts,
             "env_restarts": c.env_restarts,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         }

@@ -42,6 +42,7 @@ from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor
 from distdqn.runtime.common import Coordinator
+from distdqn.runtime.learner_procs import RemoteLearners
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,18 @@ def run_local(
     if collect_only and cfg.replay.samples_per_insert != 0:
         raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
     ctx = mp.get_context("spawn")
-    co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume)
+    remote_learning = cfg.preset in ("gorila", "sync") and not collect_only
+    co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume,
+                     in_process_learners=not remote_learning)
     shared = SharedParams(ctx, co.ps.num_params)
-    shared.write(co.ps.version, co.ps.get_params()[1])
+    shared.write(co.ps.version, co.current_params())
+    remote: RemoteLearners | None = None
+    target_shared: SharedParams | None = None
+    if remote_learning:
+        if co.ps.gradient_mode:
+            target_shared = SharedParams(ctx, co.ps.num_params)
+            target_shared.write(*co.ps.get_target())
+        remote = RemoteLearners(ctx, cfg, spaces, shared, target_shared)
     stop_event = ctx.Event()
     handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
     if co.restored_extra:
@@ -212,6 +222,8 @@ def run_local(
     error: BaseException | None = None
     chunk_size = cfg.actor.chunk_size
     try:
+        if remote is not None:
+            remote.start(co.current_params())
         for h in handles:
             start(h)
         next_supervise = time.perf_counter()
@@ -231,7 +243,12 @@ def run_local(
                 progressed = True
             rr += 1
             # 2. learning, as far as the rate limiter allows
-            if not collect_only:
+            if remote is not None:
+                progressed |= remote.feed(co.replay) > 0
+                for reply in remote.results():
+                    _handle_reply(reply, co, shared, target_shared)
+                    progressed = True
+            elif not collect_only:
                 published = False
                 for _ in range(8):
                     if not co.can_learn():
@@ -253,6 +270,15 @@ def run_local(
                         _drain(h, co)
                         h.generation += 1
                         start(h)
+                if remote is not None:
+                    for rank in remote.dead():
+                        if co.ps.gradient_mode:
+                            co.c.learner_restarts += 1
+                            log.warning("learner %d died; restarting it", rank)
+                            remote.restart(rank, co.current_params())
+                        else:
+                            raise LearnerLostError(f"learner {rank} died; synchronous learners cannot continue "
+                                                   "without it (its peers would wait in the collective)")
             if co.c.env_steps >= cfg.total_env_steps:
                 stop["flag"], stop["reason"] = True, "total_env_steps"
                 break
@@ -265,13 +291,18 @@ def run_local(
                 co.checkpoint({"actor_generations": [h.generation for h in handles]})
             if not progressed:
                 time.sleep(0.0005)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, LearnerLostError) as exc:
         error, stop["reason"] = exc, f"error: {exc}"
     except KeyboardInterrupt:
         stop["reason"] = "interrupted"
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+        if remote is not None:
+            remote.stop()
+            for reply in remote.results():
+                if "error" not in reply:
+                    _handle_reply(reply, co, shared, target_shared)
         _shutdown(handles, stop_event, halt, co)
     co.stop_reason = stop["reason"]
     co.checkpoint({"actor_generations": [h.generation for h in handles]})
@@ -281,6 +312,33 @@ def run_local(
     if error is not None:
         raise error
     return summary
+
+
+class LearnerLostError(RuntimeError):
+    """A learner process died and the topology cannot replace it."""
+
+
+def _handle_reply(reply: dict[str, Any], co: Coordinator, shared: SharedParams, target: SharedParams | None) -> None:
+    """Apply one learner process's reply: priorities, and gradients (gorila) or reported
+    parameters (sync)."""
+    if "error" in reply:
+        raise NonFiniteLossError(f"learner {reply['rank']}: {reply['error']}")
+    co.replay.update_priorities(reply["keys"], reply["td_abs"])
+    co.learn_metrics = reply["metrics"]
+    if "grads" in reply:
+        result = co.ps.apply_gradients(reply["grads"], reply["version"])
+        co.remote_updates = co.ps.applied_updates
+        if result.applied:
+            shared.write(co.ps.version, co.ps.get_params()[1])
+            got = co.ps.get_target(newer_than=target.version()) if target is not None else None
+            if got is not None:
+                target.write(*got)
+        return
+    if reply["rank"] == 0:
+        co.remote_updates = int(reply["updates"])
+    if "params" in reply:
+        co.ps.set_params(reply["params"])
+        shared.write(co.ps.version, reply["params"])
 
 
 def _shutdown(handles: list[_ActorHandle], stop_event: Any, halt: threading.Event, co: Coordinator) -> None:

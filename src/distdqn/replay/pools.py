@@ -1,0 +1,124 @@
+"""Several experience pools behind one replay interface (``replay.placement: per_actor``).
+
+Each actor's transitions go to its own pool (the classic parameter-server design where
+every agent keeps its own experience memory, Nair et al. 2015, sec. 4 "bundled" mode);
+learners sample from every pool in proportion to its size, so the mixture matches a
+single uniform pool over all transitions. Each pool is a :class:`~distdqn.replay.Replay`
+(uniform or prioritized within the pool); one shared rate limiter paces the whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdqn.config import ReplayConfig
+from distdqn.core import SampledBatch, TransitionChunk
+from distdqn.replay.prioritized import Replay
+from distdqn.replay.rate_limiter import RateLimiter
+
+POOL_SHIFT = 48
+"""Keys are ``pool << POOL_SHIFT | key_in_pool``."""
+
+
+class ReplayPools:
+    """``num_pools`` replays with capacity ``config.capacity // num_pools`` each.
+
+    Chunks from actor ``i`` go to pool ``i % num_pools``. A batch of B takes ``n_p`` items
+    from pool p with ``(n_p) ~ Multinomial(B, size_p / sum size)``; importance weights
+    are computed within each pool (prioritized pools) and used as they are.
+
+    Args mirror :class:`~distdqn.replay.Replay`, plus ``num_pools``.
+    """
+
+    def __init__(self, config: ReplayConfig, batch_size: int, obs_shape: tuple[int, ...],
+                 obs_dtype: np.dtype | type, seed: int, num_pools: int):
+        if num_pools < 1:
+            raise ValueError(f"num_pools must be >= 1, got {num_pools}")
+        pool_cfg = dataclasses.replace(config, capacity=max(1, config.capacity // num_pools),
+                                       samples_per_insert=0.0, min_replay_size=1, error_buffer=None)
+        seeds = np.random.SeedSequence(seed).generate_state(num_pools + 1)
+        self.pools = [Replay(pool_cfg, 1, obs_shape, obs_dtype, int(s)) for s in seeds[:num_pools]]
+        buf = config.error_buffer if config.error_buffer is not None else 4.0 * max(config.samples_per_insert, batch_size)
+        self.rate_limiter = RateLimiter(config.samples_per_insert, config.min_replay_size, float(buf), batch_size)
+        self._rng = np.random.default_rng(int(seeds[-1]))
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools)
+
+    @property
+    def inserted(self) -> int:
+        return sum(p.inserted for p in self.pools)
+
+    @property
+    def samples(self) -> int:
+        return self.rate_limiter.samples
+
+    @property
+    def beta(self) -> float:
+        return self.pools[0].beta
+
+    def can_insert(self, n: int) -> bool:
+        return self.rate_limiter.can_insert(n, len(self))
+
+    def can_sample(self, batch_size: int) -> bool:
+        return len(self) >= batch_size and self.rate_limiter.can_sample(batch_size, len(self))
+
+    def insert(self, chunk: TransitionChunk) -> np.ndarray:
+        pool = chunk.actor_id % len(self.pools)
+        keys = self.pools[pool].insert(chunk)
+        self.rate_limiter.on_insert(len(chunk))
+        return (np.int64(pool) << POOL_SHIFT) | keys
+
+    def sample(self, batch_size: int) -> SampledBatch:
+        """``batch_size`` transitions across pools in proportion to their sizes.
+
+        Raises:
+            ValueError: fewer than ``batch_size`` transitions stored in all.
+        """
+        sizes = np.array([len(p) for p in self.pools], dtype=np.int64)
+        if sizes.sum() < batch_size:
+            raise ValueError(f"cannot sample a batch of {batch_size}: pools hold only {sizes.sum()} transitions")
+        counts = self._rng.multinomial(batch_size, sizes / sizes.sum())
+        parts = []
+        for p, n in enumerate(counts):
+            if n:
+                b = self.pools[p].sample(int(n))
+                b.keys = (np.int64(p) << POOL_SHIFT) | b.keys
+                parts.append(b)
+        self.rate_limiter.on_sample(batch_size)
+        if len(parts) == 1:
+            return parts[0]
+        return SampledBatch(
+            obs=torch.cat([b.obs for b in parts]),
+            action=torch.cat([b.action for b in parts]),
+            reward=torch.cat([b.reward for b in parts]),
+            discount=torch.cat([b.discount for b in parts]),
+            next_obs=torch.cat([b.next_obs for b in parts]),
+            weights=torch.cat([b.weights for b in parts]),
+            keys=np.concatenate([b.keys for b in parts]),
+        )
+
+    def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.int64)
+        td_abs = np.asarray(td_abs)
+        pool_of = keys >> POOL_SHIFT
+        local = keys & ((np.int64(1) << POOL_SHIFT) - 1)
+        for p in np.unique(pool_of):
+            m = pool_of == p
+            self.pools[int(p)].update_priorities(local[m], td_abs[m])
+
+    def state_dict(self) -> dict[str, Any]:
+        from distdqn.replay.prioritized import _plain
+
+        return {"pools": [p.state_dict() for p in self.pools], "rate_limiter": self.rate_limiter.state_dict(),
+                "rng": _plain(self._rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p, s in zip(self.pools, state["pools"]):
+            p.load_state_dict(s)
+        self.rate_limiter.load_state_dict(state["rate_limiter"])
+        self._rng.bit_generator.state = state["rng"]
