@@ -30,6 +30,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import queue
 import statistics
 import sys
 import tempfile
@@ -86,6 +87,10 @@ LEARNING_ROUNDS = 3
 """(b) alternates the two loops this many times, so slow drifts in machine load hit both."""
 FILL_LIMIT = 100_000
 """(b) fills the replay with min(capacity, this) random transitions."""
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (e.g. a ceiling process died)."""
 
 
 def _say(msg: str) -> None:
@@ -245,10 +250,9 @@ def steady_state(run_dir: Path, warm_env_steps: int = 0) -> SteadyState | None:
     return SteadyState(sps=(s1 - s0) / dt, ups=(u1 - u0) / dt, window_s=dt, env_steps=s1 - s0, rows=len(window))
 
 
-def _base_config(env_id: str, actors: int, **overrides: Any) -> ExperimentConfig:
-    data: dict[str, Any] = {"env": {"id": env_id}, "actor": {"num_actors": actors}, "progress": False}
-    cfg = from_dict(data)
-    return replace(cfg, **overrides) if overrides else cfg
+def _base_config(env_id: str, actors: int) -> ExperimentConfig:
+    """The default (apex) config with the benchmark's env and actor count, no progress bar."""
+    return from_dict({"env": {"id": env_id}, "actor": {"num_actors": actors}, "progress": False})
 
 
 # ----------------------------------------------------------------------------- (a) collection
@@ -313,7 +317,17 @@ def measure_collection_ceiling(cfg: ExperimentConfig, spaces: EnvSpaces, seconds
              for i in range(k)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=seconds + 300) for _ in procs]
+    results: list[tuple[int, int, float]] = []
+    deadline = time.perf_counter() + seconds + 300
+    while len(results) < k:
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed or time.perf_counter() > deadline:
+                for p in procs:
+                    p.kill()
+                raise BenchError(f"collection ceiling process failed (exit codes {failed or 'timeout'})") from None
     for p in procs:
         p.join(timeout=30)
     per_process = [steps / elapsed for _, steps, elapsed in sorted(results)]
@@ -327,7 +341,8 @@ def measure_collection(
 
     The warm-up lasts until the linear epsilon decay is over (so episodes look like the
     ceiling's) and at least one log period past the first collected env steps; the budget
-    is sized from the ceiling so the measured window lasts about ``seconds``.
+    is sized from ``expected_sps`` (the ceiling) so the measured window lasts at least
+    ``seconds`` (longer by the inverse of the ratio).
     """
     from distdqn.runtime.local import run_local
 
@@ -532,15 +547,15 @@ def sb3_time_to_solve(seed: int) -> dict[str, Any]:
                 return False
             return True
 
-    hp = {k: v for k, v in SB3_ZOO_CARTPOLE.items() if k not in ("n_timesteps", "policy")}
-    # Same absolute epsilon decay (0.16 x 50k = 8k steps) under the larger budget.
     zoo = SB3_ZOO_CARTPOLE
+    hp = {k: v for k, v in zoo.items() if k not in ("n_timesteps", "policy")}
+    # Same absolute epsilon decay (0.16 x 50k = 8k steps) under the larger budget.
     hp["exploration_fraction"] = zoo["exploration_fraction"] * zoo["n_timesteps"] / SOLVE_BUDGET
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     env = make_vec_env(SOLVE_ENV, n_envs=1, seed=seed)
     eval_env = make_vec_env(SOLVE_ENV, n_envs=SOLVE_EVAL_EPISODES, seed=seed + 10_000)
-    model = DQN(SB3_ZOO_CARTPOLE["policy"], env, seed=seed, verbose=0, **hp)
+    model = DQN(zoo["policy"], env, seed=seed, verbose=0, **hp)
     cb = SolveCallback(eval_env, t0)
     model.learn(total_timesteps=SOLVE_BUDGET, callback=cb)
     total = time.perf_counter() - t0
@@ -604,7 +619,7 @@ def main(args: argparse.Namespace) -> int:
             rows = _throughput_rows(cfg, spaces, float(args.seconds), Path(tmp), report)
             if seeds:
                 rows += _solve_rows(seeds, cfg.actor.num_actors, run_sb3, Path(tmp), report)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, BenchError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 1
     notes = _notes(cfg, report)
@@ -690,7 +705,8 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
                      f"{SOLVE_EVAL_PERIOD:,} env steps) with mean return >= {SOLVE_TARGET_RETURN:g} over "
                      f"{SOLVE_EVAL_EPISODES} greedy episodes; wall from the start of the run (distdqn: the call of "
                      "run_local, actor spawn included; SB3: env and model construction) to the end of that eval; "
-                     f"not solved within {SOLVE_BUDGET:,} steps counts as +inf; ratio = median distdqn / median SB3.")
+                     f"not solved within {SOLVE_BUDGET:,} steps counts as +inf"
+                     + ("; ratio = median distdqn / median SB3." if solve.get("sb3") else "."))
     return notes
 
 
@@ -719,7 +735,7 @@ def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, work: Path, report
                         _or_inf(s["solved_at_wall_time_s"]) if s else None, ref, fmt=".1f"))
     med = _median_time(ours, "solved_at_wall_time_s")
     med_sb3 = _median_time(theirs, "solved_at_wall_time_s") if theirs else None
-    median_row = Row(f"(d) median wall s to solve, {len(seeds)} seeds", med, med_sb3, ref,
+    median_row = Row(f"(d) median wall s to solve, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}", med, med_sb3, ref,
                      ("<=", SOLVE_WALL_TARGET) if theirs else None, fmt=".1f")
     rows.append(median_row)
     report["solve"] = {"env": SOLVE_ENV, "budget": SOLVE_BUDGET, "eval_period": SOLVE_EVAL_PERIOD,
@@ -754,6 +770,7 @@ def _jsonable(v: Any) -> Any:
 
 __all__ = [
     "BareUpdate",
+    "BenchError",
     "Row",
     "SteadyState",
     "bare_collector",

@@ -18,33 +18,21 @@ Two modes:
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from distdqn.config import LearnerConfig
+from distdqn.config import LearnerConfig, ParameterServerConfig
 from distdqn.core import NonFiniteLossError, flat_params, load_flat_params
 from distdqn.roles.learner import make_optimizer
 
 
-@dataclass(frozen=True)
-class _DefaultParameterServerConfig:
-    """Stand-in with the shape of ``distdqn.config.ParameterServerConfig`` (used when that
-    class is not available)."""
-
-    max_staleness: int = 4
-    stale_policy: Literal["drop", "scale"] = "drop"
-
-
-def _default_ps_cfg() -> Any:
-    try:
-        from distdqn.config import ParameterServerConfig  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - depends on the config module's version
-        return _DefaultParameterServerConfig()
+def _default_ps_cfg() -> ParameterServerConfig:
     return ParameterServerConfig()
 
 
@@ -214,8 +202,11 @@ class ParameterServer:
             if g.numel() != total:
                 raise ValueError(f"gradient vector has {g.numel()} values, network needs {total}")
             dev = self._ordered[0].device if self._ordered else torch.device("cpu")
-            g = g.detach().reshape(-1).to(device=dev, dtype=torch.float32, copy=True)
-            if not bool(torch.isfinite(g).all()):
+            # No copy unless needed: the optimizer reads .grad during step() and keeps nothing.
+            g = g.detach().reshape(-1).to(device=dev, dtype=torch.float32)
+            # One reduction catches NaN/inf (they propagate into the sum); the full check runs
+            # only when the sum is not finite, to tell overflow of a finite vector apart.
+            if not math.isfinite(float(g.sum())) and not bool(torch.isfinite(g).all()):
                 raise NonFiniteLossError(
                     f"gradient with non-finite values (based on version {based_on_version}) arrived at "
                     f"parameter-server version {self.version}; stopping")
@@ -227,12 +218,13 @@ class ParameterServer:
                 if self.ps_cfg.stale_policy == "drop":
                     self.dropped_stale_gradients += 1
                     return ApplyResult(applied=False, staleness=staleness, scale=0.0)
-                g.div_(staleness)  # staleness > max_staleness >= 0, so >= 1
+                g = g / staleness  # staleness > max_staleness >= 0, so >= 1
                 scale = 1.0 / staleness
             offset = 0
             for p in self._ordered:
                 n = p.numel()
-                p.grad = g[offset : offset + n].view_as(p).to(p.dtype)
+                view = g[offset : offset + n].view_as(p)
+                p.grad = view if view.dtype == p.dtype else view.to(p.dtype)
                 offset += n
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -309,6 +309,9 @@ class Coordinator:
             "learner_restarts": c.learner_restarts,
             "env_restarts": c.env_restarts,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "learners": self.cfg.learner.num_learners,
+            "staleness_mean": self.ps.staleness_mean() if self.ps.gradient_mode else None,
+            "dropped_stale_gradients": self.ps.dropped_stale_gradients if self.ps.gradient_mode else None,
         }
 
     def finish(self) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""Throughput of the three topologies, measured in one run on this machine.
+
+Prints:
+
+1. The parameter server's gradient-apply rate (``ParameterServer.apply_gradients``: copy
+   in, staleness check, optimizer step, version bump, target bookkeeping) against a bare
+   ``optimizer.step()`` loop over the same network's parameters with the same gradient
+   already in ``.grad``: the ceiling. Target ratio >= 0.8.
+2. Aggregate learner updates/s of the local runtime with 1 and 2 learners for apex,
+   gorila, sync allreduce and sync average, collecting CartPole-v1 with rate limiting off
+   (``samples_per_insert=0``) so learners go as fast as they can, plus the mean
+   staleness of gorila's gradients. On a 2-core machine the actor processes compete with
+   the learners for the same cores, so absolute numbers are small; the table shows the
+   scaling shape.
+
+    python benchmarks/topologies.py [--env-steps 30000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distdqn.config import from_dict
+from distdqn.program import build_network, build_parameter_server, spaces_for
+
+
+def ps_apply_rate(seconds: float = 3.0) -> dict[str, float]:
+    torch.set_num_threads(1)
+    cfg = from_dict({"preset": "gorila"})
+    spaces = spaces_for(cfg)
+    ps = build_parameter_server(cfg, spaces)
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=ps.num_params).astype(np.float32) * 1e-3
+    # ceiling: bare optimizer.step on an identical network, gradient already in place
+    net = build_network(cfg, spaces)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learner.learning_rate, eps=cfg.learner.adam_epsilon)
+    g = torch.from_numpy(grads)
+    off = 0
+    for p in net.parameters():
+        p.grad = g[off: off + p.numel()].view_as(p).clone()
+        off += p.numel()
+
+    def rate(fn) -> float:
+        for _ in range(50):
+            fn()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(100):
+                fn()
+            n += 100
+        return n / (time.perf_counter() - t0)
+
+    bare = rate(opt.step)
+    served = rate(lambda: ps.apply_gradients(grads, ps.version))
+    return {"ps_apply_per_s": served, "bare_optimizer_step_per_s": bare, "ratio": served / bare}
+
+
+def learner_ups(preset: str, learners: int, env_steps: int, sync_mode: str = "allreduce") -> dict[str, float]:
+    from distdqn.runtime.local import run_local
+
+    data = {"preset": preset, "seed": 0, "total_env_steps": env_steps, "progress": False,
+            "replay": {"samples_per_insert": 0, "min_replay_size": 1000},
+            "learner": {"num_learners": learners, "sync_mode": sync_mode},
+            "eval": {"eval_period": 0, "eval_episodes": 1, "target_return": None}}
+    cfg = from_dict(data)
+    with tempfile.TemporaryDirectory() as d:
+        s = run_local(cfg, spaces_for(cfg), Path(d))
+    per_step = learners if preset == "sync" else 1
+    return {"ups": s["ups"], "learner_updates_per_s": s["ups"] * per_step, "sps": s["sps"],
+            "staleness_mean": s.get("staleness_mean"), "dropped_stale_gradients": s.get("dropped_stale_gradients")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--env-steps", type=int, default=30_000)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    out: dict[str, object] = {"ps": ps_apply_rate()}
+    p = out["ps"]
+    print(f"parameter server apply_gradients: {p['ps_apply_per_s']:.0f}/s vs bare optimizer.step "
+          f"{p['bare_optimizer_step_per_s']:.0f}/s -> ratio {p['ratio']:.2f} (target >= 0.8)")
+    rows = []
+    for preset, m, mode in [("apex", 1, "allreduce"), ("gorila", 1, "allreduce"), ("gorila", 2, "allreduce"),
+                            ("sync", 1, "allreduce"), ("sync", 2, "allreduce"),
+                            ("sync", 1, "average"), ("sync", 2, "average")]:
+        r = learner_ups(preset, m, args.env_steps, mode)
+        name = preset if preset != "sync" else f"sync/{mode}"
+        rows.append({"topology": name, "learners": m, **r})
+        st = "" if r["staleness_mean"] is None else f"  staleness_mean {r['staleness_mean']:.2f}" \
+                                                     f"  dropped {r['dropped_stale_gradients']}"
+        print(f"{name:16s} learners={m}  steps/s {r['ups']:7.1f}  learner updates/s {r['learner_updates_per_s']:7.1f}"
+              f"  env sps {r['sps']:7.0f}{st}", flush=True)
+    out["learners"] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
