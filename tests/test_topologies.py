@@ -143,3 +143,50 @@ def test_local_multi_learner_learns(tmp_path, preset, extra):
     s = run_local(cfg, spaces_for(cfg), tmp_path)
     assert s["final_eval_return"] >= 150, s
     assert s["accounting_ok"] and s["updates"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gorila", "sync"])
+def test_local_colocated_workers_learn(tmp_path, preset):
+    from distdqn.runtime.local import run_local
+
+    cfg = from_dict({"preset": preset, "colocate": True, "seed": 0, "total_env_steps": 60_000, "progress": False,
+                     "learner": {"num_learners": 2}, "actor": {"num_actors": 2},
+                     "eval": {"eval_period": 2500, "eval_episodes": 10, "target_return": 150}})
+    s = run_local(cfg, spaces_for(cfg), tmp_path)
+    assert s["final_eval_return"] >= 150, s
+    assert s["accounting_ok"]
+
+
+@pytest.mark.slow
+def test_local_gorila_killed_learner_is_restarted(tmp_path):
+    import json
+    import os
+    import signal
+
+    from test_runtime import _children, _start_train, _wait_for
+
+    proc, run = _start_train(tmp_path, "--preset", "gorila", "--learners", "2", "--total-env-steps", "30000",
+                             "--set", "eval.target_return=null")
+
+    def learners():
+        out = []
+        for c in _children(proc.pid):
+            try:
+                cmd = open(f"/proc/{c}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+                out.append(c)
+        return out
+
+    _wait_for(lambda: len(learners()) == 4)  # 2 actors + 2 learners
+    _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 3)
+    # learners are started before actors: the two lowest pids
+    victim = sorted(learners())[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    s = json.loads((run / "summary.json").read_text())
+    assert s["learner_restarts"] >= 1
+    assert s["env_steps"] >= 30000 and s["accounting_ok"]

@@ -36,6 +36,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
         flags.append("progress=false")
+    if getattr(args, "colocate", False):
+        flags.append("colocate=true")
     data = apply_overrides(data, flags + list(args.set or []))
     return from_dict(data)
 
@@ -164,6 +166,7 @@ def make_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or --resume) a run")
     t.add_argument("--preset", help="topology: apex (default), gorila or sync")
     t.add_argument("--learners", type=int, help="learners (gorila, sync)")
+    t.add_argument("--colocate", action="store_true", help="gorila/sync: actor i and learner i share a process")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")
     t.add_argument("--actors", type=int, help="actor processes")
     t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")

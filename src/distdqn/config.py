@@ -194,6 +194,9 @@ class ExperimentConfig:
     total_env_steps: int = 100_000
     checkpoint_period: int = 2_000
     """Updates between checkpoints (0: only at shutdown)."""
+    colocate: bool = False
+    """gorila/sync, local runtime: run actor i and learner i in one worker process (the
+    classic parameter-server compute node). Needs actor.num_actors == learner.num_learners."""
     checkpoint_replay: bool = False
     """Include the replay contents in checkpoints (exact resume; large)."""
     keep_checkpoints: int = 2
@@ -316,6 +319,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.preset == "apex":
         _check(lr.num_learners == 1, "learner.num_learners", lr.num_learners,
                "1 with preset apex (use --preset gorila or sync for several learners)")
+    if cfg.colocate:
+        _check(cfg.preset in ("gorila", "sync"), "colocate", cfg.colocate,
+               "false with preset apex (colocation pairs an actor with each gorila/sync learner)")
+        _check(a.num_actors == lr.num_learners, "actor.num_actors", a.num_actors,
+               f"equal to learner.num_learners ({lr.num_learners}) when colocate is true")
     _check(lr.average_period >= 1, "learner.average_period", lr.average_period, pos)
     _check(cfg.parameter_server.max_staleness >= 0, "parameter_server.max_staleness",
            cfg.parameter_server.max_staleness, "an integer >= 0")

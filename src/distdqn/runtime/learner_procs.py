@@ -22,13 +22,14 @@ Every reply carries the batch's replay keys and |TD errors| for priority updates
 from __future__ import annotations
 
 import logging
+import os
 import queue as queue_mod
 import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError, SampledBatch
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_learner
+from distdqn.runtime import collective
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +60,68 @@ def batch_from_numpy(d: dict[str, np.ndarray]) -> SampledBatch:
                         keys=d["keys"])
 
 
+class LearnerLoop:
+    """One learner's side of the protocol: a sampled batch in, a reply out (see module doc)."""
+
+    def __init__(self, rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
+                 init_file: str, initial: np.ndarray):
+        self.rank, self.cfg, self.params, self.target = rank, cfg, params, target
+        self.learner = build_learner(cfg, spaces)
+        self.learner.set_params(initial)
+        self.learner.set_target_params(initial)
+        self.sync = cfg.preset == "sync"
+        if self.sync:
+            collective.init_process_group(rank, cfg.learner.num_learners, init_file, cfg.learner.dist_backend)
+        self.version, self.target_version = -1, -1
+
+    def handle(self, msg: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Process one batch; the reply carries ``error`` instead of results on a non-finite loss."""
+        cfg, learner = self.cfg, self.learner
+        batch = batch_from_numpy(msg)
+        reply: dict[str, Any] = {"rank": self.rank, "keys": batch.keys}
+        try:
+            if not self.sync:
+                got = self.params.read(newer_than=self.version)
+                if got is not None:
+                    self.version = got[0]
+                    learner.set_params(got[1])
+                tgt = self.target.read(newer_than=self.target_version)
+                if tgt is not None:
+                    self.target_version = tgt[0]
+                    learner.set_target_params(tgt[1])
+                out = learner.compute_gradients(batch)
+                reply.update(grads=out.grads.numpy(), version=self.version)
+            elif cfg.learner.sync_mode == "allreduce":
+                out = learner.compute_gradients(batch)
+                grads = out.grads.to(learner.device)  # NCCL reduces GPU tensors
+                collective.allreduce_mean_(grads)
+                learner.apply_gradients(grads)
+            else:
+                out = learner.learn(batch)
+                if learner.updates % cfg.learner.average_period == 0:
+                    collective.average_parameters_(learner.online)
+        except NonFiniteLossError as exc:
+            reply["error"] = str(exc)
+            return reply
+        reply.update(td_abs=out.td_abs, metrics=out.metrics)
+        if self.sync:
+            reply["updates"] = learner.updates
+            if self.rank == 0 and learner.updates % cfg.learner.publish_period == 0:
+                reply["params"] = learner.get_params()
+        return reply
+
+    def close(self) -> None:
+        if self.sync:
+            collective.destroy_process_group()
+
+
 def learner_main(rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
                  batch_conn: Any, result_conn: Any, init_file: str, initial: np.ndarray) -> None:
     """Body of a learner process (see module docstring). Exits on a ``None`` batch or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(cfg.learner.torch_threads)
     logging.basicConfig(level=logging.WARNING, format=f"[learner {rank}] %(levelname)s %(message)s")
-    learner = build_learner(cfg, spaces)
-    learner.set_params(initial)
-    learner.set_target_params(initial)
-    sync = cfg.preset == "sync"
-    if sync:
-        from distdqn.runtime import collective
-
-        collective.init_process_group(rank, cfg.learner.num_learners, init_file, cfg.learner.dist_backend)
-    version, target_version = -1, -1
+    loop = LearnerLoop(rank, cfg, spaces, params, target, init_file, initial)
     try:
         while True:
             try:
@@ -81,45 +130,78 @@ def learner_main(rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: An
                 return
             if msg is None:
                 return
-            batch = batch_from_numpy(msg)
-            reply: dict[str, Any] = {"rank": rank, "keys": batch.keys}
-            try:
-                if not sync:
-                    got = params.read(newer_than=version)
-                    if got is not None:
-                        version = got[0]
-                        learner.set_params(got[1])
-                    tgt = target.read(newer_than=target_version)
-                    if tgt is not None:
-                        target_version = tgt[0]
-                        learner.set_target_params(tgt[1])
-                    out = learner.compute_gradients(batch)
-                    reply.update(grads=out.grads.numpy(), version=version)
-                elif cfg.learner.sync_mode == "allreduce":
-                    out = learner.compute_gradients(batch)
-                    grads = out.grads.to(learner.device)  # NCCL reduces GPU tensors
-                    collective.allreduce_mean_(grads)
-                    learner.apply_gradients(grads)
-                else:
-                    out = learner.learn(batch)
-                    if learner.updates % cfg.learner.average_period == 0:
-                        collective.average_parameters_(learner.online)
-            except NonFiniteLossError as exc:
-                reply["error"] = str(exc)
-                result_conn.send(reply)
-                return
-            reply.update(td_abs=out.td_abs, metrics=out.metrics)
-            if sync:
-                reply["updates"] = learner.updates
-                if rank == 0 and learner.updates % cfg.learner.publish_period == 0:
-                    reply["params"] = learner.get_params()
+            reply = loop.handle(msg)
             try:
                 result_conn.send(reply)
             except OSError:
                 return
+            if "error" in reply:
+                return
     finally:
-        if sync:
-            collective.destroy_process_group()
+        loop.close()
+        result_conn.close()
+
+
+def worker_main(rank: int, generation: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
+                batch_conn: Any, result_conn: Any, chunk_conn: Any, stop_event: Any, parent_pid: int,
+                init_file: str, initial: np.ndarray) -> None:
+    """A colocated worker (``--colocate``): actor ``rank`` and learner ``rank`` in one process,
+    the classic parameter-server compute node. Batches are served first; between them the
+    actor steps. Chunks leave through a sender thread so a full pipe never stops learning."""
+    from distdqn.runtime.local import ActorLoop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(cfg.learner.torch_threads)
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
+    loop = LearnerLoop(rank, cfg, spaces, params, target, init_file, initial)
+    actor = ActorLoop(rank, generation, cfg, spaces, params)
+    outbox: queue_mod.Queue = queue_mod.Queue(maxsize=1)
+
+    def send_chunks() -> None:
+        while True:
+            chunk = outbox.get()
+            if chunk is None:
+                return
+            try:
+                chunk_conn.send(chunk)
+            except OSError:
+                return
+
+    sender = threading.Thread(target=send_chunks, daemon=True)
+    sender.start()
+    steps = 0
+    try:
+        while True:
+            if batch_conn.poll():
+                try:
+                    msg = batch_conn.recv()
+                except (EOFError, OSError):
+                    return
+                if msg is None:
+                    return
+                reply = loop.handle(msg)
+                result_conn.send(reply)
+                if "error" in reply:
+                    return
+                continue
+            if stop_event.is_set() or outbox.full():
+                batch_conn.poll(0.002)
+            else:
+                chunk = actor.tick()
+                if chunk is not None:
+                    outbox.put(chunk)
+            steps += 1
+            if steps % 256 == 0 and os.getppid() != parent_pid:
+                return
+    except OSError:
+        return
+    finally:
+        loop.close()
+        actor.close()
+        try:
+            outbox.put_nowait(None)
+        except queue_mod.Full:
+            pass
         result_conn.close()
 
 
@@ -152,8 +234,13 @@ class RemoteLearners:
         target: shared target parameters (gorila) or None.
     """
 
-    def __init__(self, ctx: Any, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any):
+    def __init__(self, ctx: Any, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
+                 stop_event: Any = None, on_chunk_pipe: Callable[[int, Any, Any], None] | None = None):
         self.ctx, self.cfg, self.spaces, self.params, self.target = ctx, cfg, spaces, params, target
+        # colocated workers (--colocate) also host actor `rank`; their chunk pipe's read end
+        # and process are handed to the runtime through on_chunk_pipe(rank, reader, process)
+        self.stop_event, self.on_chunk_pipe = stop_event, on_chunk_pipe
+        self.generations = [0] * cfg.learner.num_learners
         self.m = cfg.learner.num_learners
         self.sync = cfg.preset == "sync"
         self.learners = [_Learner(r) for r in range(self.m)]
@@ -170,11 +257,23 @@ class RemoteLearners:
     def _start(self, lr: _Learner, init_file: str, initial: np.ndarray) -> None:
         b_read, b_write = self.ctx.Pipe(duplex=False)
         r_read, r_write = self.ctx.Pipe(duplex=False)
-        lr.proc = self.ctx.Process(
-            target=learner_main,
-            args=(lr.rank, self.cfg, self.spaces, self.params, self.target, b_read, r_write, init_file, initial),
-            name=f"distdqn-learner-{lr.rank}", daemon=True)
-        lr.proc.start()
+        if self.cfg.colocate:
+            c_read, c_write = self.ctx.Pipe(duplex=False)
+            lr.proc = self.ctx.Process(
+                target=worker_main,
+                args=(lr.rank, self.generations[lr.rank], self.cfg, self.spaces, self.params, self.target,
+                      b_read, r_write, c_write, self.stop_event, os.getpid(), init_file, initial),
+                name=f"distdqn-worker-{lr.rank}", daemon=True)
+            lr.proc.start()
+            c_write.close()
+            assert self.on_chunk_pipe is not None
+            self.on_chunk_pipe(lr.rank, c_read, lr.proc)
+        else:
+            lr.proc = self.ctx.Process(
+                target=learner_main,
+                args=(lr.rank, self.cfg, self.spaces, self.params, self.target, b_read, r_write, init_file, initial),
+                name=f"distdqn-learner-{lr.rank}", daemon=True)
+            lr.proc.start()
         b_read.close()
         r_write.close()
         lr.batch_conn = b_write
@@ -224,6 +323,7 @@ class RemoteLearners:
         lr = self.learners[rank]
         lr.proc.join(timeout=0)
         self.restarts += 1
+        self.generations[rank] += 1
         self._start(lr, str(Path(self._tmp.name) / "rendezvous"), initial)
 
     def stop(self, grace_s: float = 10.0) -> None:

@@ -92,6 +92,29 @@ class SharedParams:
                 return v, out
 
 
+class ActorLoop:
+    """An actor plus its parameter syncing: what an actor process does per step."""
+
+    def __init__(self, actor_id: int, generation: int, cfg: ExperimentConfig, spaces: EnvSpaces,
+                 params: SharedParams):
+        self.actor = build_actor(cfg, spaces, actor_id, generation)
+        self.params = params
+
+    def tick(self) -> Any:
+        """Sync parameters if due, take one vector step; a chunk when one is ready, else None."""
+        actor = self.actor
+        if actor.wants_params():
+            got = self.params.read(newer_than=actor.param_version)
+            if got is None:
+                actor.mark_synced()
+            else:
+                actor.set_params(*got)
+        return actor.step()
+
+    def close(self) -> None:
+        self.actor.close()
+
+
 def actor_main(
     actor_id: int,
     generation: int,
@@ -106,19 +129,13 @@ def actor_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
-    actor = build_actor(cfg, spaces, actor_id, generation)
+    loop = ActorLoop(actor_id, generation, cfg, spaces, params)
     while params.version() < 0 and not stop_event.is_set():
         time.sleep(0.01)
     steps = 0
     try:
         while not stop_event.is_set():
-            if actor.wants_params():
-                got = params.read(newer_than=actor.param_version)
-                if got is None:
-                    actor.mark_synced()
-                else:
-                    actor.set_params(*got)
-            chunk = actor.step()
+            chunk = loop.tick()
             steps += 1
             if chunk is not None:
                 try:
@@ -128,7 +145,7 @@ def actor_main(
             if steps % 256 == 0 and os.getppid() != parent_pid:
                 return  # the learner process is gone: do not linger as an orphan
     finally:
-        actor.close()
+        loop.close()
         out_conn.close()
 
 
@@ -178,6 +195,9 @@ def run_local(
     remote_learning = cfg.preset in ("gorila", "sync") and not collect_only
     co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume,
                      in_process_learners=not remote_learning)
+    stop_event = ctx.Event()
+    handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
+    halt = threading.Event()
     shared = SharedParams(ctx, co.ps.num_params)
     shared.write(co.ps.version, co.current_params())
     remote: RemoteLearners | None = None
@@ -186,14 +206,19 @@ def run_local(
         if co.ps.gradient_mode:
             target_shared = SharedParams(ctx, co.ps.num_params)
             target_shared.write(*co.ps.get_target())
-        remote = RemoteLearners(ctx, cfg, spaces, shared, target_shared)
-    stop_event = ctx.Event()
-    handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
+        remote = RemoteLearners(ctx, cfg, spaces, shared, target_shared, stop_event,
+                                on_chunk_pipe=lambda rank, reader, proc: attach(handles[rank], reader, proc))
     if co.restored_extra:
         for h, g in zip(handles, co.restored_extra.get("actor_generations", [])):
             h.generation = int(g) + 1  # resumed actors explore with fresh seeds
 
-    halt = threading.Event()
+    def attach(h: _ActorHandle, reader: Any, proc: Any) -> None:
+        """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
+        h.proc = proc
+        h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
+        h.thread = threading.Thread(target=_receive, args=(reader, h.inbox, halt),
+                                    name=f"distdqn-recv-{h.actor_id}", daemon=True)
+        h.thread.start()
 
     def start(h: _ActorHandle) -> None:
         reader, writer = ctx.Pipe(duplex=False)
@@ -206,9 +231,7 @@ def run_local(
         )
         h.proc.start()
         writer.close()  # only the actor holds the write end: its exit means EOF for us
-        h.thread = threading.Thread(target=_receive, args=(reader, h.inbox, halt),
-                                    name=f"distdqn-recv-{h.actor_id}", daemon=True)
-        h.thread.start()
+        attach(h, reader, h.proc)
 
     stop = {"flag": False, "reason": None}
 
@@ -224,8 +247,9 @@ def run_local(
     try:
         if remote is not None:
             remote.start(co.current_params())
-        for h in handles:
-            start(h)
+        if not cfg.colocate:  # colocated actors live in the learner workers
+            for h in handles:
+                start(h)
         next_supervise = time.perf_counter()
         rr = 0
         while not stop["flag"]:
@@ -261,7 +285,7 @@ def run_local(
             now = time.perf_counter()
             if now >= next_supervise:
                 next_supervise = now + 0.2
-                for h in handles:
+                for h in handles if not cfg.colocate else []:
                     if not h.proc.is_alive() and not stop["flag"]:
                         co.c.actor_restarts += 1
                         log.warning("actor %d died (exit code %s); restarting it (restart %d)",
@@ -275,6 +299,9 @@ def run_local(
                         if co.ps.gradient_mode:
                             co.c.learner_restarts += 1
                             log.warning("learner %d died; restarting it", rank)
+                            if cfg.colocate:
+                                co.c.actor_restarts += 1
+                                _drain(handles[rank], co)
                             remote.restart(rank, co.current_params())
                         else:
                             raise LearnerLostError(f"learner {rank} died; synchronous learners cannot continue "
