@@ -56,6 +56,9 @@ class NStepAccumulator:
         self._prev_done = np.zeros(num_envs, dtype=bool)
         self._t = 0
         self._gammas = gamma ** np.arange(n_step, dtype=np.float64)
+        # _rot_gammas[f][slot] = gamma^((slot - f) mod n): discounts for a window starting at slot f.
+        self._rot_gammas = np.stack([np.roll(self._gammas, f) for f in range(n_step)])
+        self._full_disc = np.full(num_envs, gamma**n_step)
         self._out: list[tuple[np.ndarray, ...]] = []
         self._pending = 0
 
@@ -87,30 +90,33 @@ class NStepAccumulator:
                 ``autoreset_next_step``).
         """
         done = np.logical_or(terminated, truncated)
-        if valid is None:
-            valid = ~self._prev_done if self.autoreset_next_step else np.ones(self.num_envs, dtype=bool)
-        # Under NEXT_STEP autoreset the step after a done step is the reset step.
-        self._prev_done = done & valid
         n, t = self.n, self._t
         slot = t % n
         self._obs[slot] = obs
         self._act[slot] = action
         self._rew[slot] = reward
-        self._count = np.where(valid, np.minimum(self._count + 1, n), 0)
-        done = done & valid
-        full = valid & ~done & (self._count == n)
-        if full.any():
-            idx = (t - n + 1 + np.arange(n)) % n
-            first = idx[0]
-            ret = (self._gammas[:, None] * self._rew[idx][:, full]).sum(axis=0)
-            k = int(full.sum())
-            self._emit(
-                self._obs[first, full],
-                self._act[first, full],
-                ret,
-                np.full(k, self.gamma**n),
-                next_obs[full],
-            )
+        if valid is None and not self.autoreset_next_step:
+            # Fast path (every step is a transition): no masks to build.
+            np.minimum(self._count + 1, n, out=self._count)
+            self._prev_done = done
+        else:
+            if valid is None:
+                valid = ~self._prev_done
+            # Under NEXT_STEP autoreset the step after a done step is the reset step.
+            self._prev_done = done & valid
+            self._count = np.where(valid, np.minimum(self._count + 1, n), 0)
+            done = done & valid
+        full = ~done & (self._count == n)
+        nfull = int(full.sum())
+        if nfull:
+            first = (t + 1) % n  # the oldest slot of a full window
+            # R = sum_k gamma^k r_{first+k}: one product with the gammas rotated to `first`.
+            ret = self._rot_gammas[first] @ (self._rew if nfull == self.num_envs else self._rew[:, full])
+            if nfull == self.num_envs:
+                self._emit(self._obs[first], self._act[first], ret, self._full_disc, next_obs)
+            else:
+                self._emit(self._obs[first, full], self._act[first, full], ret, self._full_disc[:nfull],
+                           next_obs[full])
         for i in np.flatnonzero(done):
             length = int(self._count[i])
             slots = (t - length + 1 + np.arange(length)) % n

@@ -125,8 +125,15 @@ class Actor:
         with torch.inference_mode():
             q = self.net(torch.from_numpy(obs))
         greedy = q.argmax(dim=1).numpy()
-        explore = self.rng.random(self.num_envs) < self.epsilons()
-        random_actions = self.rng.integers(self.num_actions, size=self.num_envs)
+        # One uniform draw per env decides both: explore if u < eps, and then u / eps is
+        # itself uniform on [0, 1), which picks the random action.
+        eps = self.epsilons()
+        u = self.rng.random(self.num_envs)
+        explore = u < eps
+        if not explore.any():
+            return greedy.astype(np.int64, copy=False)
+        random_actions = np.minimum((u / np.maximum(eps, 1e-12) * self.num_actions).astype(np.int64),
+                                    self.num_actions - 1)
         return np.where(explore, random_actions, greedy).astype(np.int64)
 
     def set_params(self, version: int, flat: np.ndarray) -> None:
