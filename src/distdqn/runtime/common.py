@@ -206,8 +206,9 @@ class Coordinator:
             "env_frames": self.c.env_steps * (self.cfg.env.frame_skip if _is_atari(self.cfg.env.id) else 1),
             "updates": self.updates,
             "wall_time": round(self.wall_time(), 3),
-            "sps": (self.c.env_steps - s0) / dt,
-            "ups": (self.updates - u0) / dt,
+            # rates over the interval since the last row (none for back-to-back rows)
+            "sps": (self.c.env_steps - s0) / dt if dt >= 0.2 else None,
+            "ups": (self.updates - u0) / dt if dt >= 0.2 else None,
             "episode_return": float(np.mean(self._recent_returns)) if self._recent_returns else None,
             "episode_length": float(np.mean(self._recent_lengths)) if self._recent_lengths else None,
             "episodes": self.c.episodes,
@@ -231,7 +232,8 @@ class Coordinator:
             stal = self.ps.pop_staleness()
             row["staleness"] = float(np.mean(stal)) if stal else None
             row["dropped_stale_gradients"] = self.ps.dropped_stale_gradients
-        self._last_log = (now, self.c.env_steps, self.updates)
+        if dt >= 0.2:
+            self._last_log = (now, self.c.env_steps, self.updates)
         return row
 
     def log_row(self, force: bool = False) -> None:
