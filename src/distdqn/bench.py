@@ -473,11 +473,13 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
 
 
 def measure_full_run(cfg: ExperimentConfig, spaces: EnvSpaces, budget: int, run_dir: Path) -> dict[str, Any]:
-    """(c): a normal ``run_local`` of ``cfg`` with ``total_env_steps=budget``."""
+    """(c): a normal ``run_local`` of ``cfg`` (periodic evaluation included) for
+    ``total_env_steps=budget``; ``eval.target_return`` is cleared so that reaching it
+    does not end the measurement early."""
     from distdqn.runtime.local import run_local
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_local(replace(cfg, total_env_steps=budget), spaces, run_dir)
+    summary = run_local(replace(cfg, **{"total_env_steps": budget, "eval.target_return": None}), spaces, run_dir)
     steady = steady_state(run_dir)
     return {"sps": summary["sps"], "ups": summary["ups"], "wall_time_s": summary["wall_time_s"],
             "env_steps": summary["env_steps"], "updates": summary["updates"],
@@ -512,13 +514,13 @@ def distdqn_time_to_solve(actors: int, seed: int, run_dir: Path) -> dict[str, An
             "final_eval_return": s["final_eval_return"], "env_steps": s["env_steps"], "wall_time_s": total}
 
 
-def sb3_time_to_solve(seed: int) -> dict[str, Any]:
+def sb3_time_to_solve(seed: int, torch_threads: int | None = None) -> dict[str, Any]:
     """(d), Stable-Baselines3 DQN with :data:`SB3_ZOO_CARTPOLE` on CartPole-v1, measured like
     distdqn: every :data:`SOLVE_EVAL_PERIOD` env steps, :data:`SOLVE_EVAL_EPISODES` greedy
     (``deterministic=True``) episodes run in parallel on a separate vector env; stops at the
     first mean return >= :data:`SOLVE_TARGET_RETURN` or after :data:`SOLVE_BUDGET` steps.
-    Wall time is from before the envs and the model are built. Runs with torch's default
-    intra-op thread count (call it in a fresh process)."""
+    Wall time is from before the envs and the model are built. Runs with ``torch_threads``
+    intra-op threads, or torch's default when None (call it in a fresh process)."""
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -551,6 +553,8 @@ def sb3_time_to_solve(seed: int) -> dict[str, Any]:
     hp = {k: v for k, v in zoo.items() if k not in ("n_timesteps", "policy")}
     # Same absolute epsilon decay (0.16 x 50k = 8k steps) under the larger budget.
     hp["exploration_fraction"] = zoo["exploration_fraction"] * zoo["n_timesteps"] / SOLVE_BUDGET
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     env = make_vec_env(SOLVE_ENV, n_envs=1, seed=seed)
@@ -607,6 +611,8 @@ def main(args: argparse.Namespace) -> int:
     run_sb3 = not args.skip_solve and not args.skip_sb3
     sb3_missing = run_sb3 and importlib.util.find_spec("stable_baselines3") is None
     run_sb3 = run_sb3 and not sb3_missing
+    # No CLI flag yet: SB3 uses torch's default thread count unless args has sb3_threads.
+    sb3_threads: int | None = getattr(args, "sb3_threads", None)
     report: dict[str, Any] = {
         "env": cfg.env.id, "actors": cfg.actor.num_actors, "envs_per_actor": cfg.env.envs_per_actor,
         "seconds": float(args.seconds),
@@ -618,7 +624,7 @@ def main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp:
             rows = _throughput_rows(cfg, spaces, float(args.seconds), Path(tmp), report)
             if seeds:
-                rows += _solve_rows(seeds, cfg.actor.num_actors, run_sb3, Path(tmp), report)
+                rows += _solve_rows(seeds, cfg.actor.num_actors, run_sb3, sb3_threads, Path(tmp), report)
     except (NonFiniteLossError, BenchError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 1
@@ -679,7 +685,10 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
     """The lines printed under the table: machine, threads, and how each row was measured."""
     m = report["machine"]
     solve = report.get("solve", {})
-    sb3_threads = f", SB3 {solve['sb3_torch_threads']} (torch default)" if solve.get("sb3") else ""
+    sb3_threads = ""
+    if solve.get("sb3"):
+        how = "torch default" if solve["sb3_threads_requested"] is None else "requested"
+        sb3_threads = f", SB3 {solve['sb3_torch_threads']} ({how})"
     coll = report["collection"]
     if coll["steady_state"]:
         how = (f"steady state from metrics.csv over {coll['steady_state']['window_s']:.1f} s after "
@@ -701,6 +710,9 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
             notes.append(f"(d) SB3 {_sb3_version()} DQN, RL-Zoo CartPole-v1 hyperparameters, exploration_fraction "
                          f"{hp['hyperparameters']['exploration_fraction']:g} (the Zoo's 0.16 of 50k steps: the same "
                          f"8k-step decay within the {SOLVE_BUDGET:,}-step budget), device {hp['device']}.")
+            if solve["sb3_torch_threads"] > 1:
+                notes.append(f"(d) SB3 ran with {solve['sb3_torch_threads']} torch threads: multi-threaded torch "
+                             "slows down sharply when other processes load the CPU, so its times are load-sensitive.")
         notes.append(f"(d) {SOLVE_ENV}, {cfg.actor.num_actors} actors; solved = first eval (every "
                      f"{SOLVE_EVAL_PERIOD:,} env steps) with mean return >= {SOLVE_TARGET_RETURN:g} over "
                      f"{SOLVE_EVAL_EPISODES} greedy episodes; wall from the start of the run (distdqn: the call of "
@@ -710,7 +722,8 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, work: Path, report: dict[str, Any]) -> list[Row]:
+def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, sb3_threads: int | None, work: Path,
+                report: dict[str, Any]) -> list[Row]:
     """Row (d): distdqn and (optionally) SB3 per seed, interleaved; figures go into ``report``."""
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
@@ -721,7 +734,7 @@ def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, work: Path, report
             ours.append(distdqn_time_to_solve(actors, seed, work / f"solve-s{seed}"))
             if pool is not None:
                 _say(f"(d) time to solve {SOLVE_ENV}, seed {seed}: Stable-Baselines3 DQN")
-                theirs.append(pool.submit(sb3_time_to_solve, seed).result())
+                theirs.append(pool.submit(sb3_time_to_solve, seed, sb3_threads).result())
     finally:
         if pool is not None:
             pool.shutdown()
@@ -742,7 +755,8 @@ def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, work: Path, report
                        "eval_episodes": SOLVE_EVAL_EPISODES, "target_return": SOLVE_TARGET_RETURN,
                        "distdqn": ours, "sb3": theirs, "median_wall_s": med, "sb3_median_wall_s": med_sb3,
                        "median_wall_ratio": median_row.ratio,
-                       "sb3_torch_threads": theirs[0]["torch_threads"] if theirs else None}
+                       "sb3_torch_threads": theirs[0]["torch_threads"] if theirs else None,
+                       "sb3_threads_requested": sb3_threads}
     return rows
 
 

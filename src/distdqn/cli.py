@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"distdqn: {cfg.preset} on {cfg.env.id}, {cfg.actor.num_actors} actors x {cfg.env.envs_per_actor} envs, "
           f"runtime={cfg.runtime}, seed={cfg.seed} -> {run_dir}", file=sys.stderr)
     from distdqn.core import NonFiniteLossError
+    from distdqn.runtime.common import RunAborted
 
     try:
         if cfg.runtime == "serial":
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             from distdqn.runtime.local import run_local
 
             summary = run_local(cfg, spaces, run_dir, resume=bool(args.resume))
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, RunAborted) as exc:
         return _fail(str(exc), code=1)
     except FileNotFoundError as exc:
         return _fail(str(exc))
@@ -200,6 +201,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-solve", action="store_true", help="skip the time-to-solve rows")
     b.add_argument("--skip-sb3", action="store_true", help="skip the Stable-Baselines3 comparison")
     b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--sb3-threads", type=int, dest="sb3_threads",
+                   help="torch threads for the Stable-Baselines3 reference (default: torch's default)")
     b.set_defaults(func=cmd_bench)
     return p
 

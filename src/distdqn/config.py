@@ -97,6 +97,11 @@ class ReplayConfig:
     error_buffer: float | None = None
     """Allowed drift of inserts*samples_per_insert - samples around its start.
     None: max(samples_per_insert, batch_size) * 4."""
+    frame_dedup: Literal["auto", "on", "off"] = "auto"
+    """Store each frame of stacked-frame observations once (actors send frames, not stacks;
+    stacks are rebuilt at sample time; about 1/8 of the memory). ``auto``: on for Atari ids
+    with ``env.frame_stack > 1`` (uint8 ``(frame_stack, H, W)`` observations); ``on`` needs
+    observations that are ``FrameStackObservation`` stacks (checked by the actors)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,8 @@ class ActorConfig:
 class LearnerConfig:
     """Learner: loss, optimizer, target network."""
 
-    batch_size: int = 128
-    learning_rate: float = 1e-3
+    batch_size: int = 64
+    learning_rate: float = 2.3e-3
     optimizer: Literal["adam", "rmsprop"] = "adam"
     adam_epsilon: float = 1.5e-4
     gamma: float = 0.99

@@ -33,6 +33,11 @@ from distdqn.runtime.updaters import Updater, make_updater
 log = logging.getLogger(__name__)
 
 
+class RunAborted(RuntimeError):
+    """The run cannot go on (a lost synchronous learner, actors in a crash loop); the message
+    says why. The runtime still writes a final checkpoint and ``summary.json``."""
+
+
 @dataclass
 class Counters:
     """Run counters, checkpointed and restored on resume."""

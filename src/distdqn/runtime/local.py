@@ -24,6 +24,7 @@ and ``summary.json`` are written. Actors exit on their own if the learner proces
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
 import os
@@ -41,7 +42,7 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor
-from distdqn.runtime.common import Coordinator
+from distdqn.runtime.common import Coordinator, RunAborted
 from distdqn.runtime.learner_procs import RemoteLearners
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,7 @@ def run_local(
             for h in handles:
                 start(h)
         next_supervise = time.perf_counter()
+        restart_times: collections.deque[float] = collections.deque()
         rr = 0
         while not stop["flag"]:
             progressed = False
@@ -288,6 +290,14 @@ def run_local(
                 next_supervise = now + 0.2
                 for h in handles if not cfg.colocate else []:
                     if not h.proc.is_alive() and not stop["flag"]:
+                        restart_times.append(now)
+                        while restart_times and restart_times[0] < now - CRASH_LOOP_WINDOW_S:
+                            restart_times.popleft()
+                        if len(restart_times) > CRASH_LOOP_RESTARTS:
+                            raise ActorCrashLoopError(
+                                f"actor processes keep dying ({len(restart_times)} restarts in the last "
+                                f"{CRASH_LOOP_WINDOW_S:.0f} s; actor {h.actor_id} exit code {h.proc.exitcode}); "
+                                "see the actor errors above")
                         co.c.actor_restarts += 1
                         log.warning("actor %d died (exit code %s); restarting it (restart %d)",
                                     h.actor_id, h.proc.exitcode, co.c.actor_restarts)
@@ -319,7 +329,7 @@ def run_local(
                 co.checkpoint({"actor_generations": [h.generation for h in handles]})
             if not progressed:
                 time.sleep(0.0005)
-    except (NonFiniteLossError, LearnerLostError) as exc:
+    except (NonFiniteLossError, RunAborted) as exc:
         error, stop["reason"] = exc, f"error: {exc}"
     except KeyboardInterrupt:
         stop["reason"] = "interrupted"
@@ -354,8 +364,16 @@ def _shrink_pipe(conn: Any) -> None:
         pass
 
 
-class LearnerLostError(RuntimeError):
+class LearnerLostError(RunAborted):
     """A learner process died and the topology cannot replace it."""
+
+
+class ActorCrashLoopError(RunAborted):
+    """Actor processes keep dying right after being restarted."""
+
+
+CRASH_LOOP_RESTARTS = 10
+CRASH_LOOP_WINDOW_S = 60.0
 
 
 def _handle_reply(reply: dict[str, Any], co: Coordinator, shared: SharedParams, target: SharedParams | None) -> None:
