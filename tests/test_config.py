@@ -33,10 +33,10 @@ def nested(key: str, value) -> dict:
 
 def test_defaults_validate() -> None:
     cfg = ExperimentConfig()
-    assert cfg.replay.capacity == 100_000 and cfg.learner.batch_size == 128
+    assert cfg.replay.capacity == 100_000 and cfg.learner.batch_size == 64
     assert from_dict({}) == cfg
     # default error buffer: 4 * max(samples_per_insert, batch_size)
-    assert error_buffer(cfg) == 4.0 * 128
+    assert error_buffer(cfg) == 4.0 * 64  # 4 x max(samples_per_insert=16, batch_size=64)
 
 
 INVALID = [
@@ -139,12 +139,12 @@ def test_unknown_preset() -> None:
 
 def test_error_buffer_smaller_than_batch_deadlock() -> None:
     with pytest.raises(ConfigError) as exc:
-        from_dict({"replay": {"error_buffer": 64.0}})  # batch 128, spi 8 -> need 128
+        from_dict({"replay": {"error_buffer": 64.0}, "learner": {"batch_size": 128}})  # spi 16 -> need 128
     assert exc.value.key == "replay.error_buffer"
     assert "replay.error_buffer=64.0" in str(exc.value)
     assert "128" in str(exc.value) and "deadlock" in str(exc.value)
     # exactly the bound is fine
-    assert from_dict({"replay": {"error_buffer": 128.0}}).replay.error_buffer == 128.0
+    assert from_dict({"replay": {"error_buffer": 128.0}, "learner": {"batch_size": 128}}).replay.error_buffer == 128.0
 
 
 def test_error_buffer_smaller_than_samples_per_insert() -> None:

@@ -13,17 +13,60 @@ import torch
 
 
 @dataclass
+class FrameBlock:
+    """The new frames an actor observed since its previous chunk (frame-deduplicated chunks).
+
+    An actor with stacked-frame observations (Atari: ``FrameStackObservation``, each
+    observation the last ``k`` 84x84 frames, oldest first) numbers every frame it sees with
+    its own counter, the *actor frame id* (0, 1, 2, ... over the actor's life; one id per
+    sub-env step plus one per episode start). A chunk carries each frame once, in id order,
+    and per frame the id of the frame before it in the same sub-env's episode (its own id
+    for the first frame of an episode). Following these links ``k - 1`` times from the
+    newest frame of an observation gives the whole stack, with frames before the episode
+    start replaced by the episode's first frame, exactly as ``FrameStackObservation``'s
+    ``"reset"`` padding does.
+
+    Attributes:
+        frames: ``[F, *frame_shape]`` (uint8 84x84 for Atari), actor frame ids
+            ``start, ..., start + F - 1``.
+        prev: ``[F]`` int64 actor frame id of each frame's predecessor in its episode, or its
+            own id at an episode start. May point into earlier chunks of the same stream.
+        start: actor frame id of ``frames[0]``.
+        stream: identifies the id space: one per actor instance (a restarted actor gets a
+            new one); ids of different streams are unrelated.
+    """
+
+    frames: np.ndarray
+    prev: np.ndarray
+    start: int
+    stream: int
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass
 class TransitionChunk:
     """A chunk of T n-step transitions from one actor (numpy, leading dim T).
 
+    Two forms:
+
+    - *stacked* (every env; ``frames is None``): ``obs`` and ``next_obs`` hold whole
+      observations.
+    - *frame-deduplicated* (stacked-frame observations, ``replay.frame_dedup``): ``obs`` and
+      ``next_obs`` are None; ``frames`` holds the new frames (each frame once) and
+      ``obs_frame`` / ``next_frame`` the actor frame ids of the newest frame of each
+      transition's observations (see :class:`FrameBlock`). About ``1 / (2 k)`` of the
+      stacked form's bytes. Only a frame-deduplicating replay can store it.
+
     Attributes:
-        obs: ``[T, *obs_shape]`` observation dtype (float32 or uint8).
+        obs: ``[T, *obs_shape]`` observation dtype (float32 or uint8), or None (compact form).
         action: ``[T]`` int64.
         reward: ``[T]`` float32, the n-step discounted return sum_k gamma^k r_{t+k}.
         discount: ``[T]`` float32, gamma^m for an m-step transition (m <= n); 0 where the
             episode *terminated* inside the window. A *truncated* episode keeps gamma^m and
             bootstraps from ``next_obs``, its final observation.
-        next_obs: ``[T, *obs_shape]``, the observation m steps later.
+        next_obs: ``[T, *obs_shape]``, the observation m steps later, or None (compact form).
         priority: optional ``[T]`` float32 initial |TD error| computed by the actor (Ape-X).
         actor_id: producing actor.
         param_version: parameter version the actor acted with.
@@ -31,13 +74,16 @@ class TransitionChunk:
         episode_lengths: their lengths in agent steps.
         env_steps: env steps (all sub-envs) taken while producing the chunk.
         env_restarts: envs recreated after raising, while producing the chunk.
+        frames: compact form only: the new frames (:class:`FrameBlock`).
+        obs_frame: compact form only: ``[T]`` int64 actor frame id of the newest frame of ``obs``.
+        next_frame: compact form only: ``[T]`` int64 actor frame id of the newest frame of ``next_obs``.
     """
 
-    obs: np.ndarray
+    obs: np.ndarray | None
     action: np.ndarray
     reward: np.ndarray
     discount: np.ndarray
-    next_obs: np.ndarray
+    next_obs: np.ndarray | None
     priority: np.ndarray | None = None
     actor_id: int = 0
     param_version: int = 0
@@ -45,38 +91,69 @@ class TransitionChunk:
     episode_lengths: list[int] = field(default_factory=list)
     env_steps: int = 0
     env_restarts: int = 0
+    frames: FrameBlock | None = None
+    obs_frame: np.ndarray | None = None
+    next_frame: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def compact(self) -> bool:
+        """True for the frame-deduplicated form (``frames`` set, no stacked observations)."""
+        return self.frames is not None
+
+    def nbytes(self) -> int:
+        """Bytes of the chunk's arrays (what dominates its pickled size)."""
+        arrays = [self.obs, self.action, self.reward, self.discount, self.next_obs, self.priority,
+                  self.obs_frame, self.next_frame]
+        if self.frames is not None:
+            arrays += [self.frames.frames, self.frames.prev]
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
     def select(self, mask: np.ndarray) -> "TransitionChunk":
-        """The transitions where ``mask`` ([T] bool) is True; metadata kept."""
+        """The transitions where ``mask`` ([T] bool) is True; metadata kept. A compact chunk
+        keeps all its frames (later transitions of the stream may need them)."""
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[mask]
+
         return TransitionChunk(
-            obs=self.obs[mask],
+            obs=pick(self.obs),
             action=self.action[mask],
             reward=self.reward[mask],
             discount=self.discount[mask],
-            next_obs=self.next_obs[mask],
-            priority=None if self.priority is None else self.priority[mask],
+            next_obs=pick(self.next_obs),
+            priority=pick(self.priority),
             actor_id=self.actor_id,
             param_version=self.param_version,
             episode_returns=self.episode_returns,
             episode_lengths=self.episode_lengths,
             env_steps=self.env_steps,
             env_restarts=self.env_restarts,
+            frames=self.frames,
+            obs_frame=pick(self.obs_frame),
+            next_frame=pick(self.next_frame),
         )
 
 
 def finite_mask(chunk: TransitionChunk) -> np.ndarray:
     """``[T]`` bool: True where obs, next_obs, reward, discount (and priority) are all finite.
 
-    Used at the actor -> replay boundary to refuse NaN/inf data.
+    Used at the actor -> replay boundary to refuse NaN/inf data. For a compact chunk the
+    frames are checked instead of the observations: integer frames (Atari uint8) are always
+    finite; floating frames with any NaN/inf refuse the whole chunk (a frame may belong to
+    the stacks of several transitions, here and in later chunks).
     """
     ok = np.isfinite(chunk.reward) & np.isfinite(chunk.discount)
-    if np.issubdtype(chunk.obs.dtype, np.floating):
-        t = len(chunk)
+    t = len(chunk)
+    if chunk.obs is not None and np.issubdtype(chunk.obs.dtype, np.floating):
         ok &= np.isfinite(chunk.obs.reshape(t, -1)).all(axis=1)
+    if chunk.next_obs is not None and np.issubdtype(chunk.next_obs.dtype, np.floating):
         ok &= np.isfinite(chunk.next_obs.reshape(t, -1)).all(axis=1)
+    if chunk.frames is not None and np.issubdtype(chunk.frames.frames.dtype, np.floating):
+        if not np.isfinite(chunk.frames.frames).all():
+            ok &= False
     if chunk.priority is not None:
         ok &= np.isfinite(chunk.priority)
     return ok

@@ -16,6 +16,10 @@ Works with both Gymnasium 1.x vector-env reset conventions:
   :meth:`NStepAccumulator.add` does this for you when ``autoreset_next_step=True``.
 
 No emitted transition ever spans an episode boundary.
+
+With ``track_ids=True`` each observation also carries an int64 id (the actor's frame id of
+its newest frame, for frame-deduplicated replay); the ids travel with the observations and
+:meth:`NStepAccumulator.pop` returns them as two extra columns.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class NStepAccumulator:
         gamma: discount in (0, 1].
         obs_shape, obs_dtype: per-env observation shape and dtype.
         autoreset_next_step: the vector env uses NEXT_STEP autoreset (see module doc).
+        track_ids: also carry an int64 id per observation (``obs_id`` / ``next_obs_id`` of
+            :meth:`add`); :meth:`pop` then returns 7 columns.
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class NStepAccumulator:
         obs_shape: tuple[int, ...],
         obs_dtype: np.dtype,
         autoreset_next_step: bool = False,
+        track_ids: bool = False,
     ):
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
@@ -59,6 +66,8 @@ class NStepAccumulator:
         # _rot_gammas[f][slot] = gamma^((slot - f) mod n): discounts for a window starting at slot f.
         self._rot_gammas = np.stack([np.roll(self._gammas, f) for f in range(n_step)])
         self._full_disc = np.full(num_envs, gamma**n_step)
+        self.track_ids = track_ids
+        self._ids = np.zeros((n_step, num_envs), dtype=np.int64) if track_ids else None
         self._out: list[tuple[np.ndarray, ...]] = []
         self._pending = 0
 
@@ -75,6 +84,8 @@ class NStepAccumulator:
         terminated: np.ndarray,
         truncated: np.ndarray,
         valid: np.ndarray | None = None,
+        obs_id: np.ndarray | None = None,
+        next_obs_id: np.ndarray | None = None,
     ) -> None:
         """Record one vector step.
 
@@ -88,6 +99,8 @@ class NStepAccumulator:
             valid: ``[E]`` bool, False for steps that are not transitions (NEXT_STEP
                 autoreset steps). Default: all valid (or derived when
                 ``autoreset_next_step``).
+            obs_id, next_obs_id: ``[E]`` int64 ids of ``obs`` / ``next_obs``; required
+                with ``track_ids``, ignored otherwise.
         """
         done = np.logical_or(terminated, truncated)
         n, t = self.n, self._t
@@ -95,6 +108,12 @@ class NStepAccumulator:
         self._obs[slot] = obs
         self._act[slot] = action
         self._rew[slot] = reward
+        ids = self._ids
+        if ids is not None:
+            if obs_id is None or next_obs_id is None:
+                raise ValueError("NStepAccumulator(track_ids=True).add needs obs_id and next_obs_id")
+            ids[slot] = obs_id
+            next_obs_id = np.asarray(next_obs_id, dtype=np.int64)
         if valid is None and not self.autoreset_next_step:
             # Fast path (every step is a transition): no masks to build.
             np.minimum(self._count + 1, n, out=self._count)
@@ -113,10 +132,11 @@ class NStepAccumulator:
             # R = sum_k gamma^k r_{first+k}: one product with the gammas rotated to `first`.
             ret = self._rot_gammas[first] @ (self._rew if nfull == self.num_envs else self._rew[:, full])
             if nfull == self.num_envs:
-                self._emit(self._obs[first], self._act[first], ret, self._full_disc, next_obs)
+                self._emit(self._obs[first], self._act[first], ret, self._full_disc, next_obs,
+                           None if ids is None else (ids[first], next_obs_id))
             else:
                 self._emit(self._obs[first, full], self._act[first, full], ret, self._full_disc[:nfull],
-                           next_obs[full])
+                           next_obs[full], None if ids is None else (ids[first, full], next_obs_id[full]))
         for i in np.flatnonzero(done):
             length = int(self._count[i])
             slots = (t - length + 1 + np.arange(length)) % n
@@ -133,17 +153,22 @@ class NStepAccumulator:
                 rets,
                 disc,
                 np.repeat(next_obs[i][None], length, axis=0),
+                None if ids is None else (ids[slots, i], np.full(length, next_obs_id[i], dtype=np.int64)),
             )
             self._count[i] = 0
         self._t = t + 1
 
-    def _emit(self, obs, act, ret, disc, next_obs) -> None:
-        self._out.append((obs.copy(), act.copy(), ret.astype(np.float32), disc.astype(np.float32), next_obs.copy()))
+    def _emit(self, obs, act, ret, disc, next_obs, ids=None) -> None:
+        cols = (obs.copy(), act.copy(), ret.astype(np.float32), disc.astype(np.float32), next_obs.copy())
+        if ids is not None:
+            cols += (np.array(ids[0], dtype=np.int64), np.array(ids[1], dtype=np.int64))
+        self._out.append(cols)
         self._pending += len(act)
 
-    def pop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def pop(self) -> tuple[np.ndarray, ...] | None:
         """All emitted transitions as ``(obs, action, reward, discount, next_obs)``
-        arrays with leading dim T, or None if there are none."""
+        arrays with leading dim T (plus ``obs_id, next_obs_id`` with ``track_ids``), or None
+        if there are none."""
         if not self._out:
             return None
         cols = tuple(np.concatenate(c, axis=0) for c in zip(*self._out))
@@ -164,7 +189,7 @@ class NStepAccumulator:
         if out is not None:  # keep them pending after saving
             self._out.append(out)
             self._pending = len(out[1])
-        return {
+        state = {
             "obs": torch.from_numpy(self._obs.copy()),
             "act": torch.from_numpy(self._act.copy()),
             "rew": torch.from_numpy(self._rew.copy()),
@@ -173,6 +198,9 @@ class NStepAccumulator:
             "t": self._t,
             "pending": [torch.from_numpy(np.ascontiguousarray(a)) for a in out] if out is not None else [],
         }
+        if self._ids is not None:
+            state["ids"] = torch.from_numpy(self._ids.copy())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._obs[...] = state["obs"].numpy()
@@ -181,6 +209,8 @@ class NStepAccumulator:
         self._count[...] = state["count"].numpy()
         self._prev_done[...] = state["prev_done"].numpy()
         self._t = int(state["t"])
+        if self._ids is not None:
+            self._ids[...] = state["ids"].numpy()
         self._out.clear()
         self._pending = 0
         if state["pending"]:

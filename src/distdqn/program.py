@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from distdqn.config import ExperimentConfig, error_buffer
+from distdqn.config import ConfigError, ExperimentConfig, error_buffer
 from distdqn.core import flat_params
-from distdqn.envs import EnvSpaces, env_spaces
+from distdqn.envs import EnvSpaces, env_spaces, is_atari
 from distdqn.networks import make_network
 from distdqn.replay import Replay, make_replay
 from distdqn.replay.pools import ReplayPools
@@ -28,6 +28,34 @@ def derive_seed(root: int, *path: int) -> int:
 
 # Seed namespaces.
 NET, ACTOR, REPLAY, EVAL = 1, 2, 3, 4
+
+
+def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
+    """Whether actors send frames and the replay stores each frame once (``replay.frame_dedup``).
+
+    ``auto``: on when the observations are uint8 ``(env.frame_stack, H, W)`` stacks with
+    ``env.frame_stack > 1`` of an env known to build them with ``FrameStackObservation``:
+    Atari ids (:func:`distdqn.envs.make_env`) and
+    :data:`distdqn.testing_envs.FRAME_STACKED_IDS`. ``on``: forced (3-D observations
+    needed; the actors check at every step that the observations are frame stacks).
+
+    Raises:
+        ConfigError: ``on`` with observations that are not 3-D.
+    """
+    from distdqn.testing_envs import FRAME_STACKED_IDS
+
+    mode = cfg.replay.frame_dedup
+    shape = tuple(spaces.obs_shape)
+    if mode == "off":
+        return False
+    if mode == "on":
+        if len(shape) != 3:
+            raise ConfigError("replay.frame_dedup", mode,
+                              f"off or auto for observations of shape {shape} (on needs (stack, H, W) frame stacks)")
+        return True
+    k = cfg.env.frame_stack
+    return (len(shape) == 3 and shape[0] == k and k > 1 and np.dtype(spaces.obs_dtype) == np.uint8
+            and (is_atari(cfg.env.id) or cfg.env.id in FRAME_STACKED_IDS))
 
 
 def build_network(cfg: ExperimentConfig, spaces: EnvSpaces, seed_path: tuple[int, ...] = (NET,)) -> nn.Module:
@@ -48,6 +76,7 @@ def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generat
         seed=derive_seed(cfg.seed, ACTOR, actor_id, generation),
         gamma=cfg.learner.gamma,
         compute_priorities=cfg.replay.kind == "prioritized" and cfg.replay.initial_priority == "actor",
+        frame_dedup=frame_dedup_enabled(cfg, spaces),
     )
     return Actor(spec, cfg.env, cfg.actor, build_network(cfg, spaces))
 
@@ -57,9 +86,11 @@ def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
 
 
 def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay | ReplayPools:
-    """The central replay, or one pool per actor (``replay.placement: per_actor``)."""
+    """The central replay, or one pool per actor (``replay.placement: per_actor``), with
+    ``replay.frame_dedup`` resolved to ``on``/``off`` (:func:`frame_dedup_enabled`)."""
     seed = derive_seed(cfg.seed, REPLAY)
-    rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg))
+    rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg),
+                               frame_dedup="on" if frame_dedup_enabled(cfg, spaces) else "off")
     if cfg.replay.placement == "per_actor":
         return ReplayPools(rcfg, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype, seed,
                            num_pools=cfg.actor.num_actors)

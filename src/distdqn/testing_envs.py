@@ -10,10 +10,13 @@ id                        behaviour
                           ``crash_at``-th step taken by any Crashing env of the process
 ``distdqn/Chain-v0``      deterministic chain for n-step tests (see :class:`ChainEnv`)
 ``distdqn/NaNObs-v0``     CartPole-v1 whose observation holds a NaN on every 7th step
+``distdqn/StackedFrames-v0`` cheap Atari look-alike: 84x84 uint8 frames that encode
+                          (episode tag, step), short random episodes, stacked by
+                          ``FrameStackObservation(4)`` (see :class:`FramesEnv`)
 ========================  ==========================================================
 
-All have a ``Discrete(2)`` action space and a float32 ``Box`` observation space
-(CartPole ones: shape ``(4,)``; Chain: shape ``(1,)``). :mod:`distdqn.envs` imports
+All have a ``Discrete(2)`` action space and a ``Box`` observation space (CartPole ones:
+float32 ``(4,)``; Chain: float32 ``(1,)``; StackedFrames: uint8 ``(4, 84, 84)``). :mod:`distdqn.envs` imports
 this module, so the ids exist in every process that builds environments.
 """
 
@@ -30,8 +33,12 @@ __all__ = [
     "ChainEnv",
     "CrashingCartPole",
     "NaNObsCartPole",
+    "FRAME_STACKED_IDS",
+    "FramesEnv",
     "NaNRewardCartPole",
     "TESTING_ENV_IDS",
+    "frame_info",
+    "make_stacked_frames",
     "crash_state",
     "reset_crash_state",
 ]
@@ -165,11 +172,77 @@ class ChainEnv(gymnasium.Env[np.ndarray, np.int64]):
         return obs, reward, done and not self.truncate, done and self.truncate, {}
 
 
+class FramesEnv(gymnasium.Env[np.ndarray, np.int64]):
+    """Single 84x84 uint8 frames that say where they come from, for frame-stacking tests.
+
+    - Reset draws (from the env's seeded ``np_random``) an episode *tag* in ``[1, 2^31)``
+      and a length in ``[1, max_len]``. Frame ``t`` of the episode (``t = 0`` after reset)
+      stores the tag in bytes ``[0, 0:4]`` and ``t`` in bytes ``[0, 4:6]`` (little-endian;
+      :func:`frame_info` decodes them), and ``(tag + t) % 251`` in row 1.
+    - Actions: ``Discrete(2)``; reward ``float(action)``.
+    - After ``length`` steps the episode ends, *terminated* or *truncated* at random.
+
+    Deterministic given the reset seed and the actions (exact actor resume works).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, max_len: int = 12, size: int = 84):
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.max_len, self.size = int(max_len), int(size)
+        self.action_space = spaces.Discrete(2)
+        self.observation_space = spaces.Box(0, 255, shape=(self.size, self.size), dtype=np.uint8)
+        self._tag, self._len, self._t = 0, 0, 0
+
+    def _frame(self) -> np.ndarray:
+        f = np.zeros((self.size, self.size), dtype=np.uint8)
+        f[0, 0:4] = np.frombuffer(np.uint32(self._tag).tobytes(), dtype=np.uint8)
+        f[0, 4:6] = np.frombuffer(np.uint16(self._t).tobytes(), dtype=np.uint8)
+        f[1, :] = (self._tag + self._t) % 251
+        return f
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._tag = int(self.np_random.integers(1, 2**31))
+        self._len = int(self.np_random.integers(1, self.max_len + 1))
+        self._t = 0
+        return self._frame(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._t >= self._len:
+            raise RuntimeError("FramesEnv.step() after the episode ended; call reset()")
+        self._t += 1
+        done = self._t >= self._len
+        trunc = done and bool(self.np_random.random() < 0.5)
+        return self._frame(), float(action), done and not trunc, trunc, {}
+
+
+def frame_info(frame: np.ndarray) -> tuple[int, int]:
+    """``(episode tag, step)`` encoded in a :class:`FramesEnv` frame."""
+    f = np.ascontiguousarray(frame[0, 0:6])
+    return int(f[0:4].view(np.uint32)[0]), int(f[4:6].view(np.uint16)[0])
+
+
+def make_stacked_frames(frame_stack: int = 4, max_len: int = 12, size: int = 84) -> gymnasium.Env:
+    """:class:`FramesEnv` stacked by ``FrameStackObservation(frame_stack)`` ("reset" padding,
+    as the Atari pipeline of :func:`distdqn.envs.make_env`)."""
+    return gymnasium.wrappers.FrameStackObservation(FramesEnv(max_len, size), frame_stack)
+
+
+FRAME_STACKED_IDS: tuple[str, ...] = ("distdqn/StackedFrames-v0",)
+"""Non-Atari ids whose observations are ``FrameStackObservation`` stacks of
+``EnvConfig.frame_stack`` (default 4) frames, so ``replay.frame_dedup: auto`` applies."""
+
+
 TESTING_ENV_IDS: tuple[str, ...] = (
     "distdqn/NaNReward-v0",
     "distdqn/Crashing-v0",
     "distdqn/Chain-v0",
     "distdqn/NaNObs-v0",
+    "distdqn/StackedFrames-v0",
 )
 """Ids registered by this module."""
 
@@ -180,6 +253,7 @@ def _register() -> None:
         ("distdqn/Crashing-v0", "CrashingCartPole", _CARTPOLE_MAX_STEPS),
         ("distdqn/Chain-v0", "ChainEnv", None),
         ("distdqn/NaNObs-v0", "NaNObsCartPole", _CARTPOLE_MAX_STEPS),
+        ("distdqn/StackedFrames-v0", "make_stacked_frames", None),
     ]
     for env_id, cls_name, max_steps in table:
         if env_id in gymnasium.registry:

@@ -7,6 +7,14 @@ stratified sampling over a sum tree (App. B.2.1), and importance-sampling weight
 w_i = (N * P(i))^-beta normalized by their maximum (sec. 3.4), with beta annealed
 linearly to 1. New items get the maximum priority seen so far (Schaul et al. 2016,
 Alg. 1) or, as in Ape-X (Horgan et al. 2018, sec. 3), the |TD error| the actor computed.
+
+With ``config.frame_dedup == "on"`` the transitions live in a
+:class:`~distdqn.replay.frame_storage.FrameStorage` (each stacked-frame observation's
+frames stored once, stacks rebuilt at sample time). Its transitions can die before their
+slot is reused (their frames were overwritten): a dead transition gets priority 0 in the
+sum tree (so proportional sampling never draws it), is skipped by uniform sampling, is not
+counted in ``len(replay)`` (nor in the N of the importance weights), and priority updates
+for it are ignored like those for overwritten keys.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 
 from distdqn.config import ReplayConfig
 from distdqn.core import SampledBatch, TransitionChunk
+from distdqn.replay.frame_storage import FrameStorage
 from distdqn.replay.rate_limiter import RateLimiter
 from distdqn.replay.storage import RingStorage
 from distdqn.replay.sum_tree import SumTree
@@ -55,6 +64,14 @@ class Replay:
         obs_shape: shape of one observation.
         obs_dtype: observation dtype.
         seed: seed of the replay's only random generator, ``np.random.default_rng(seed)``.
+        frame_capacity: frame slots of the frame-deduplicated storage (default
+            :func:`~distdqn.replay.frame_storage.default_frame_capacity`); ignored otherwise.
+
+    ``config.frame_dedup``: ``"on"`` stores frames once
+    (:class:`~distdqn.replay.frame_storage.FrameStorage`; accepts compact and stacked
+    chunks), ``"off"`` and ``"auto"`` store whole observations (:class:`RingStorage`):
+    ``auto`` needs to know the environment and is resolved by
+    :func:`distdqn.program.build_replay`, which hands this class ``"on"`` or ``"off"``.
 
     Raises:
         ConfigError: from the rate limiter (see :class:`RateLimiter`).
@@ -68,12 +85,18 @@ class Replay:
         obs_shape: tuple[int, ...],
         obs_dtype: np.dtype | type,
         seed: int,
+        frame_capacity: int | None = None,
     ):
         if config.kind not in ("uniform", "prioritized"):
             raise ValueError(f"unknown replay kind {config.kind!r}; expected 'uniform' or 'prioritized'")
         self.config: ReplayConfig = config
         self.prioritized: bool = config.kind == "prioritized"
-        self.storage: RingStorage = RingStorage(config.capacity, obs_shape, obs_dtype)
+        self.frame_dedup: bool = getattr(config, "frame_dedup", "off") == "on"
+        self.storage: RingStorage | FrameStorage
+        if self.frame_dedup:
+            self.storage = FrameStorage(config.capacity, obs_shape, obs_dtype, frame_capacity)
+        else:
+            self.storage = RingStorage(config.capacity, obs_shape, obs_dtype)
         self.tree: SumTree | None = SumTree(config.capacity) if self.prioritized else None
         buf = config.error_buffer
         if buf is None:  # same default as distdqn.config.error_buffer
@@ -92,7 +115,7 @@ class Replay:
     # ------------------------------------------------------------------ sizes
 
     def __len__(self) -> int:
-        """Transitions currently held."""
+        """Transitions currently held (and sampleable)."""
         return len(self.storage)
 
     @property
@@ -169,6 +192,9 @@ class Replay:
                 self._max_priority = max(self._max_priority, float(prio.max()))
             # Duplicate slots (T > capacity): the tree keeps the last write, like the storage.
             self.tree.update(keys % self.storage.capacity, prio)
+        killed = self.storage.take_killed()  # frame storage: transitions whose frames are gone
+        if self.tree is not None and killed.size:
+            self.tree.update(killed, np.zeros(killed.size))
         self.rate_limiter.on_insert(t)
         return keys
 
@@ -194,7 +220,7 @@ class Replay:
         if n < b:
             raise ValueError(f"cannot sample a batch of {b}: replay holds only {n} transitions")
         if self.tree is None:
-            slots = self._rng.integers(0, n, size=b, dtype=np.int64)
+            slots = self.storage.sample_uniform(self._rng, b)
             weights = np.ones(b, dtype=np.float32)
         else:
             total = self.tree.total()
@@ -254,7 +280,7 @@ class Replay:
         Survives ``torch.save`` + ``torch.load(weights_only=True)``. Storage tensors share
         memory with the replay (see :meth:`RingStorage.state_dict`).
         """
-        n = len(self.storage)
+        n = self.storage.filled
         return {
             "kind": self.config.kind,
             "storage": self.storage.state_dict(),
@@ -277,8 +303,8 @@ class Replay:
         if self.tree is not None:
             prio = state["priorities"]
             leaves = prio.numpy() if isinstance(prio, torch.Tensor) else np.asarray(prio, dtype=np.float64)
-            if leaves.shape[0] != len(self.storage):
-                raise ValueError(f"replay checkpoint has {leaves.shape[0]} priorities for {len(self.storage)} items")
+            if leaves.shape[0] != self.storage.filled:
+                raise ValueError(f"replay checkpoint has {leaves.shape[0]} priorities for {self.storage.filled} items")
             self.tree.set_leaves(leaves)
         self._max_priority = float(state["max_priority"])
         self.rate_limiter.load_state_dict(state["rate_limiter"])
@@ -287,7 +313,9 @@ class Replay:
 
 
 def make_replay(
-    config: ReplayConfig, batch_size: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype | type, seed: int
+    config: ReplayConfig, batch_size: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype | type, seed: int,
+    frame_capacity: int | None = None,
 ) -> Replay:
-    """Build the :class:`Replay` described by ``config`` (uniform or prioritized)."""
-    return Replay(config, batch_size, obs_shape, obs_dtype, seed)
+    """Build the :class:`Replay` described by ``config`` (uniform or prioritized, frame
+    deduplication as ``config.frame_dedup`` says: ``"on"`` or not)."""
+    return Replay(config, batch_size, obs_shape, obs_dtype, seed, frame_capacity)

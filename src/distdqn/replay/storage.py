@@ -58,6 +58,20 @@ class RingStorage:
         """Total transitions ever inserted (= the next key)."""
         return self._inserted
 
+    @property
+    def filled(self) -> int:
+        """Occupied slots (= ``len(self)``: every stored transition is sampleable)."""
+        return len(self)
+
+    def sample_uniform(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """``[B]`` int64 slots uniform over the stored transitions (with replacement)."""
+        return rng.integers(0, len(self), size=batch_size, dtype=np.int64)
+
+    def take_killed(self) -> np.ndarray:
+        """Slots whose transitions died since the last call: never any here (see
+        :class:`~distdqn.replay.frame_storage.FrameStorage`)."""
+        return np.zeros(0, dtype=np.int64)
+
     def is_live(self, keys: np.ndarray) -> np.ndarray:
         """``[K]`` bool: True where key ``k`` satisfies ``inserted - capacity <= k < inserted``,
         i.e. it was issued and its slot has not been overwritten since."""
@@ -86,6 +100,9 @@ class RingStorage:
             ValueError: if field shapes or the observation shape do not match.
         """
         t = len(chunk)
+        if chunk.obs is None or chunk.next_obs is None:
+            raise ValueError("a frame-deduplicated (compact) chunk needs a replay with frame deduplication "
+                             "(replay.frame_dedup); this replay stores whole observations")
         for name in _FIELDS:
             arr = getattr(chunk, name)
             if arr.shape[:1] != (t,):
@@ -136,6 +153,7 @@ class RingStorage:
         """
         n = len(self)
         out: dict[str, Any] = {
+            "layout": "stacks",
             "capacity": self.capacity,
             "inserted": self._inserted,
             "obs_shape": list(self.obs_shape),
@@ -151,6 +169,9 @@ class RingStorage:
         Raises:
             ValueError: if capacity, observation shape or dtype differ from this storage's.
         """
+        if state.get("layout", "stacks") != "stacks":
+            raise ValueError("replay checkpoint deduplicates frames (replay.frame_dedup); this replay stores "
+                             "whole observations")
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"replay checkpoint has capacity {state['capacity']}, this replay {self.capacity}")
         if tuple(state["obs_shape"]) != self.obs_shape or str(state["obs_dtype"]) != str(self.obs_dtype):

@@ -1,5 +1,16 @@
 """The Actor role: steps a vector of environments with an epsilon-greedy copy of the
-Q-network and emits chunks of n-step transitions. No transport code here."""
+Q-network and emits chunks of n-step transitions. No transport code here.
+
+Frame deduplication (``ActorSpec.frame_dedup``, stacked-frame observations such as Atari's
+``(4, 84, 84)``): the actor numbers every new frame it observes (the newest frame of each
+sub-env's observation after each step, and the reset frame at each episode start) with its
+own *actor frame id*, and sends compact chunks: the new frames since the previous chunk,
+each with the id of its predecessor in the episode, plus per transition the ids of the
+newest frames of ``obs`` and ``next_obs`` (:class:`~distdqn.core.FrameBlock`). It still keeps
+whole stacks in its n-step windows, for the initial-priority forward pass. It checks every
+step that observations really are such stacks (``next_obs[:-1] == obs[1:]``, and a reset
+stack repeats one frame), since the replay rebuilds them on that assumption.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ import torch
 from torch import nn
 
 from distdqn.config import ActorConfig, EnvConfig
-from distdqn.core import TransitionChunk, flat_params, load_flat_params
+from distdqn.core import FrameBlock, TransitionChunk, flat_params, load_flat_params
 from distdqn.envs import is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons, linear_epsilon
 from distdqn.nstep import NStepAccumulator
@@ -30,6 +41,8 @@ class ActorSpec:
     gamma: float
     compute_priorities: bool
     """Compute initial |TD error| priorities for each chunk (Ape-X)."""
+    frame_dedup: bool = False
+    """Send frames, not stacks (compact chunks; stacked-frame observations only)."""
 
 
 class Actor:
@@ -63,7 +76,17 @@ class Actor:
             self._apex_eps = eps[spec.actor_id * self.num_envs : (spec.actor_id + 1) * self.num_envs]
         else:
             self._apex_eps = None
+        self.frame_dedup = bool(spec.frame_dedup)
+        # Frame ids: one stream per actor instance (the seed differs per restart generation).
+        self.frame_stream = (int(spec.actor_id) << 32) | (int(spec.seed) & 0xFFFFFFFF)
+        self._frame_next = 0  # next actor frame id
+        self._frame_ids = np.zeros(self.num_envs, dtype=np.int64)  # id of each sub-env's newest frame
+        self._pending_frames: list[np.ndarray] = []
+        self._pending_prev: list[np.ndarray] = []
+        self._pending_start = 0  # actor frame id of the first frame not yet sent
         self._make_envs()
+        if self.frame_dedup and len(self.obs_shape) < 2:
+            raise ValueError(f"frame_dedup needs stacked-frame observations, got shape {self.obs_shape}")
         self._obs, self._acc = self._reset_all()
         self._episode_returns: list[float] = []
         self._episode_lengths: list[int] = []
@@ -92,8 +115,12 @@ class Actor:
     def _reset_all(self) -> tuple[np.ndarray, NStepAccumulator]:
         mask = np.ones(self.num_envs, dtype=bool)
         obs, _ = self.envs.reset(seed=self._new_seeds(mask))
-        acc = NStepAccumulator(self.num_envs, self.cfg.n_step, self.spec.gamma, self.obs_shape, self.obs_dtype)
-        return np.array(obs), acc
+        acc = NStepAccumulator(self.num_envs, self.cfg.n_step, self.spec.gamma, self.obs_shape, self.obs_dtype,
+                               track_ids=self.frame_dedup)
+        obs = np.array(obs)
+        if self.frame_dedup:
+            self._frame_ids = self._episode_starts(obs)
+        return obs, acc
 
     def _recreate_envs(self, exc: BaseException) -> None:
         self.env_restarts += 1
@@ -107,7 +134,49 @@ class Actor:
         mask = np.ones(self.num_envs, dtype=bool)
         obs, _ = self.envs.reset(seed=self._new_seeds(mask))
         self._obs = np.array(obs)
+        if self.frame_dedup:
+            self._frame_ids = self._episode_starts(self._obs)
         self._acc.reset()
+
+    # ------------------------------------------------------------------ frames (frame_dedup)
+
+    def _add_frames(self, frames: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """Number ``frames`` ([m, *frame_shape]) with new actor frame ids and queue them for the
+        next chunk; ``prev`` their predecessors' ids (None: episode starts, their own ids)."""
+        m = frames.shape[0]
+        ids = np.arange(self._frame_next, self._frame_next + m, dtype=np.int64)
+        self._pending_frames.append(np.array(frames, copy=True))
+        self._pending_prev.append(ids.copy() if prev is None else np.array(prev, dtype=np.int64))
+        self._frame_next += m
+        return ids
+
+    def _episode_starts(self, stacks: np.ndarray) -> np.ndarray:
+        """Queue the reset frames of ``stacks`` ([m, k, ...], each the reset frame repeated,
+        FrameStackObservation's "reset" padding); returns their ids."""
+        if not (stacks == stacks[:, -1:]).all():
+            raise ValueError("replay.frame_dedup: a reset observation is not one frame repeated "
+                             "(FrameStackObservation with 'reset' padding); set replay.frame_dedup=off")
+        return self._add_frames(stacks[:, -1], None)
+
+    def _step_frames(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """Queue the newest frame of every sub-env's ``next_obs``; returns their ids."""
+        if not np.array_equal(next_obs[:, :-1], obs[:, 1:]):
+            raise ValueError("replay.frame_dedup: observations are not frame stacks (next_obs[:-1] != obs[1:]); "
+                             "set replay.frame_dedup=off")
+        return self._add_frames(next_obs[:, -1], self._frame_ids)
+
+    def _take_frames(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The queued frames, their links and the first one's id; clears the queue."""
+        start = self._pending_start
+        if self._pending_frames:
+            frames = np.concatenate(self._pending_frames)
+            prev = np.concatenate(self._pending_prev)
+        else:
+            frames = np.zeros((0, *self.obs_shape[1:]), dtype=self.obs_dtype)
+            prev = np.zeros(0, dtype=np.int64)
+        self._pending_frames, self._pending_prev = [], []
+        self._pending_start = self._frame_next
+        return frames, prev, start
 
     # ------------------------------------------------------------------ policy
 
@@ -168,12 +237,21 @@ class Actor:
         for i, a in enumerate(actions.tolist()):
             self._actions[i].append(a)
         next_obs = np.asarray(next_obs)
-        self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated)
+        if self.frame_dedup:
+            next_ids = self._step_frames(obs, next_obs)
+            self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
+                          obs_id=self._frame_ids, next_obs_id=next_ids)
+            self._frame_ids = next_ids
+        else:
+            self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated)
         done = np.logical_or(terminated, truncated)
         if done.any():
             self._record_episodes(info, done)
             reset_obs, _ = self.envs.reset(seed=self._new_seeds(done), options={"reset_mask": done})
-            next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), np.asarray(reset_obs), next_obs)
+            reset_obs = np.asarray(reset_obs)
+            next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), reset_obs, next_obs)
+            if self.frame_dedup:
+                self._frame_ids[done] = self._episode_starts(reset_obs[done])
         self._obs = next_obs
         if len(self._acc) >= self.cfg.chunk_size:
             return self._make_chunk()
@@ -194,7 +272,7 @@ class Actor:
         cols = self._acc.pop()
         if cols is None:
             return None
-        obs, action, reward, discount, next_obs = cols
+        obs, action, reward, discount, next_obs = cols[:5]
         chunk = TransitionChunk(
             obs=obs,
             action=action,
@@ -212,12 +290,20 @@ class Actor:
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
         if self.spec.compute_priorities:
-            chunk.priority = self.initial_priorities(chunk)
+            chunk.priority = self.initial_priorities(chunk)  # needs the whole stacks
+        if self.frame_dedup:
+            frames, prev, start = self._take_frames()
+            chunk.frames = FrameBlock(frames=frames, prev=prev, start=start, stream=self.frame_stream)
+            chunk.obs_frame, chunk.next_frame = cols[5], cols[6]
+            chunk.obs = chunk.next_obs = None  # frames, not stacks
         return chunk
 
     def initial_priorities(self, chunk: TransitionChunk) -> np.ndarray:
         """``[T]`` float32 |R + gamma^n max_a Q(s', a) - Q(s, a)| with the actor's own
-        network (Ape-X, Horgan et al. 2018, sec. 3: actors compute initial priorities)."""
+        network (Ape-X, Horgan et al. 2018, sec. 3: actors compute initial priorities).
+        Needs a chunk with whole observations (the actor computes them before compacting)."""
+        if chunk.obs is None or chunk.next_obs is None:
+            raise ValueError("initial_priorities needs a chunk with whole observations, not a compact one")
         with torch.inference_mode():
             both = torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0))
             q = self.net(both)
@@ -256,7 +342,18 @@ class Actor:
             "episode_lengths": list(self._episode_lengths),
             "chunk_env_steps": self._chunk_env_steps,
             "chunk_restarts": self._chunk_restarts,
+            "frames": self._frames_state(),
         }
+
+    def _frames_state(self) -> dict:
+        """Frame numbering and the frames not yet sent (frame_dedup), else empty."""
+        if not self.frame_dedup:
+            return {}
+        frames, prev = (np.concatenate(self._pending_frames), np.concatenate(self._pending_prev)) \
+            if self._pending_frames else (np.zeros((0, *self.obs_shape[1:]), self.obs_dtype), np.zeros(0, np.int64))
+        return {"stream": self.frame_stream, "next": self._frame_next, "ids": torch.from_numpy(self._frame_ids.copy()),
+                "pending_start": self._pending_start, "pending_frames": torch.from_numpy(frames),
+                "pending_prev": torch.from_numpy(prev)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`, re-creating each sub-env's state by resetting it with its
@@ -284,4 +381,14 @@ class Actor:
         self._episode_lengths = list(state["episode_lengths"])
         self._chunk_env_steps = int(state["chunk_env_steps"])
         self._chunk_restarts = int(state["chunk_restarts"])
+        fr = state.get("frames") or {}
+        if self.frame_dedup != bool(fr):
+            raise ValueError("actor checkpoint and actor disagree on frame deduplication (replay.frame_dedup)")
+        if fr:
+            self.frame_stream, self._frame_next = int(fr["stream"]), int(fr["next"])
+            self._frame_ids = fr["ids"].numpy().copy()
+            self._pending_start = int(fr["pending_start"])
+            frames = fr["pending_frames"].numpy().copy()
+            self._pending_frames = [frames] if frames.shape[0] else []
+            self._pending_prev = [fr["pending_prev"].numpy().copy()] if frames.shape[0] else []
 

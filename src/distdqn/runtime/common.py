@@ -126,15 +126,16 @@ class Coordinator:
             self.c.episodes += 1
         if chunk.param_version >= 0:
             self._param_lag.append(self.ps.version - chunk.param_version)
-        if n == 0:
-            return
-        ok = finite_mask(chunk)
-        bad = int(n - ok.sum())
-        if bad:
-            self.c.rejected += bad
-            log.debug("actor %d: rejected %d non-finite transitions", chunk.actor_id, bad)
-            chunk = chunk.select(ok)
-        if len(chunk):
+        if n:
+            ok = finite_mask(chunk)
+            bad = int(n - ok.sum())
+            if bad:
+                self.c.rejected += bad
+                log.debug("actor %d: rejected %d non-finite transitions", chunk.actor_id, bad)
+                chunk = chunk.select(ok)  # a compact chunk keeps all its frames
+        # A compact (frame-deduplicated) chunk's frames are inserted even when none of its
+        # transitions survived: later transitions of the same episode refer to them.
+        if len(chunk) or chunk.frames is not None:
             self.replay.insert(chunk)
             self.c.inserted += len(chunk)
 
