@@ -454,3 +454,26 @@ def test_actor_state_dict_restore_after_param_sync() -> None:
         a1.close()
         if a2 is not None:
             a2.close()
+
+
+def test_learner_mixed_precision_learns_finite():
+    """bf16 autocast path (CPU here; the same code runs on CUDA): finite loss, float32 params."""
+    import numpy as np
+    import torch
+
+    from distdqn.config import from_dict
+    from distdqn.core import SampledBatch
+    from distdqn.program import build_learner, spaces_for
+
+    cfg = from_dict({"learner": {"mixed_precision": True, "device": "cpu"}})
+    learner = build_learner(cfg, spaces_for(cfg))
+    g = torch.Generator().manual_seed(0)
+    b = 32
+    batch = SampledBatch(obs=torch.randn(b, 4, generator=g), action=torch.randint(0, 2, (b,), generator=g),
+                         reward=torch.randn(b, generator=g), discount=torch.full((b,), 0.97),
+                         next_obs=torch.randn(b, 4, generator=g), weights=torch.ones(b), keys=np.arange(b))
+    before = learner.get_params()
+    out = learner.learn(batch)
+    assert np.isfinite(out.metrics["td_loss"]) and out.td_abs.dtype == np.float32 and out.td_abs.shape == (b,)
+    after = learner.get_params()
+    assert after.dtype == np.float32 and not np.array_equal(before, after)

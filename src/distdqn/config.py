@@ -152,6 +152,8 @@ class LearnerConfig:
     """``auto``: CUDA when available."""
     torch_threads: int = 1
     """Intra-op threads of the learner process (small networks are fastest on 1)."""
+    mixed_precision: bool = False
+    """bf16 autocast for the learner's forward passes (loss and optimizer stay float32)."""
     num_learners: int = 1
     """Learners (processes in the local runtime). ``apex`` has exactly one."""
     sync_mode: Literal["allreduce", "average"] = "allreduce"

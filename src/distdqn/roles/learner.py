@@ -30,6 +30,13 @@ def make_optimizer(cfg: LearnerConfig, params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.95, eps=0.01, centered=True)
 
 
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """CPU -> ``dev``; to a GPU through pinned (page-locked) memory with a non-blocking copy."""
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
 class Learner:
     """Double-DQN n-step learner that owns its optimizer (Ape-X: applies its own updates).
 
@@ -146,22 +153,20 @@ class Learner:
         touching any gradient when the loss is not finite.
         """
         dev = self.device
-        nb = dev.type == "cuda"
-        obs = batch.obs.to(dev, non_blocking=nb)
-        next_obs = batch.next_obs.to(dev, non_blocking=nb)
-        action = batch.action.to(dev, non_blocking=nb)
-        reward = batch.reward.to(dev, non_blocking=nb)
-        discount = batch.discount.to(dev, non_blocking=nb)
-        weights = batch.weights.to(dev, non_blocking=nb)
+        obs, next_obs, action, reward, discount, weights = (
+            _to_device(t, dev) for t in (batch.obs, batch.next_obs, batch.action, batch.reward,
+                                          batch.discount, batch.weights))
         b = obs.shape[0]
-        if self.cfg.double_dqn:
-            q_all = self.online(torch.cat([obs, next_obs], dim=0))
-            q, q_next_online = q_all[:b], q_all[b:].detach()
-        else:
-            q = self.online(obs)
-            q_next_online = None
-        with torch.no_grad():
-            q_next_target = self.target(next_obs)
+        # Optional bf16 autocast for the forward passes; the loss is computed in float32.
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
+            if self.cfg.double_dqn:
+                q_all = self.online(torch.cat([obs, next_obs], dim=0)).float()
+                q, q_next_online = q_all[:b], q_all[b:].detach()
+            else:
+                q = self.online(obs).float()
+                q_next_online = None
+            with torch.no_grad():
+                q_next_target = self.target(next_obs).float()
         target = n_step_double_dqn_targets(
             reward, discount, q_next_online if q_next_online is not None else q_next_target, q_next_target,
             double_dqn=self.cfg.double_dqn,
