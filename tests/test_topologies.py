@@ -190,3 +190,15 @@ def test_local_gorila_killed_learner_is_restarted(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["learner_restarts"] >= 1
     assert s["env_steps"] >= 30000 and s["accounting_ok"]
+
+
+def test_sync_replay_rate_limiter_uses_the_round_as_its_unit():
+    """Regression: a sync round samples M x B. With the limiter's unit left at B, this state
+    (seen in a real run) allowed neither an insert nor a round: a deadlock."""
+    cfg = from_dict({"preset": "sync", "learner": {"num_learners": 2, "batch_size": 64}})
+    replay = build_replay(cfg, spaces_for(cfg))
+    rl = replay.rate_limiter
+    rl.inserts, rl.samples = 1036, 1024
+    size = 1036
+    unit = 2 * 64
+    assert rl.can_insert(64, size) or rl.can_sample(unit, size)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distdqn.config import ConfigError, ExperimentConfig, error_buffer
+from distdqn.config import ConfigError, ExperimentConfig, error_buffer, sample_unit
 from distdqn.core import flat_params
 from distdqn.envs import EnvSpaces, env_spaces, is_atari
 from distdqn.networks import make_network
@@ -91,10 +91,11 @@ def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay | ReplayPoo
     seed = derive_seed(cfg.seed, REPLAY)
     rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg),
                                frame_dedup="on" if frame_dedup_enabled(cfg, spaces) else "off")
+    unit = sample_unit(cfg)  # what one learning step samples: M batches for a sync round
     if cfg.replay.placement == "per_actor":
-        return ReplayPools(rcfg, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype, seed,
+        return ReplayPools(rcfg, unit, spaces.obs_shape, spaces.obs_dtype, seed,
                            num_pools=cfg.actor.num_actors)
-    return make_replay(rcfg, cfg.learner.batch_size, spaces.obs_shape, spaces.obs_dtype, seed)
+    return make_replay(rcfg, unit, spaces.obs_shape, spaces.obs_dtype, seed)
 
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
