@@ -109,6 +109,7 @@ class ParameterServer:
             raise ValueError("gradient mode needs a network without buffers or shared parameters "
                              "(state_dict order must equal named_parameters order)")
         self._ordered = [named[k] for k in keys]
+        self._numels = [p.numel() for p in self._ordered]
         load_flat_params(network, initial)  # ValueError on a length mismatch
         self.target = copy.deepcopy(network)
         self.target.requires_grad_(False)
@@ -122,7 +123,7 @@ class ParameterServer:
     @property
     def num_params(self) -> int:
         if self.gradient_mode:
-            return int(sum(p.numel() for p in self._ordered))
+            return int(sum(self._numels))
         return int(self._params.size)
 
     def set_params(self, flat: np.ndarray) -> int:
@@ -220,14 +221,12 @@ class ParameterServer:
                     return ApplyResult(applied=False, staleness=staleness, scale=0.0)
                 g = g / staleness  # staleness > max_staleness >= 0, so >= 1
                 scale = 1.0 / staleness
-            offset = 0
-            for p in self._ordered:
-                n = p.numel()
-                view = g[offset : offset + n].view_as(p)
+            # Each .grad becomes a view of the flat gradient (no copies); every apply sets all
+            # of them again, so no zero_grad is needed between steps.
+            for p, view in zip(self._ordered, g.split(self._numels)):
+                view = view.view_as(p)
                 p.grad = view if view.dtype == p.dtype else view.to(p.dtype)
-                offset += n
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
             self.version += 1
             self.applied_updates += 1
             self._update_target()
