@@ -86,6 +86,9 @@ class Coordinator:
         self.updater: Updater | None = make_updater(cfg, spaces, self.ps) if in_process_learners else None
         self.remote_updates = 0
         self.learn_metrics: dict[str, float] = {}
+        # learner processes: replies per rank and their latest metrics (TensorBoard: learner<k>/...)
+        self._per_learner: dict[int, dict[str, float]] = {}
+        self._per_learner_last: dict[int, int] = {}
         self.evaluator = build_evaluator(cfg, spaces)
         self.c = Counters(next_eval_at=cfg.eval.eval_period if cfg.eval.eval_period > 0 else cfg.total_env_steps)
         self.restored_extra: dict[str, Any] | None = None
@@ -163,6 +166,12 @@ class Coordinator:
         self.learn_metrics = self.updater.metrics
         return published
 
+    def note_learner_reply(self, rank: int, metrics: dict[str, float]) -> None:
+        """Record one learner process's reply (per-learner metrics)."""
+        entry = self._per_learner.setdefault(rank, {"replies": 0})
+        entry["replies"] += 1
+        entry.update(metrics)
+
     def current_params(self) -> np.ndarray:
         """The newest parameters (the in-process learner's, else the parameter server's)."""
         if self.updater is not None:
@@ -234,6 +243,14 @@ class Coordinator:
             "dropped": self.c.dropped,
         }
         row.update(self.learn_metrics)
+        for rank, entry in self._per_learner.items():
+            done = int(entry["replies"])
+            if dt >= 0.2:
+                row[f"learner{rank}/ups"] = (done - self._per_learner_last.get(rank, 0)) / dt
+                self._per_learner_last[rank] = done
+            for key in ("td_loss", "grad_norm", "q_mean"):
+                if key in entry:
+                    row[f"learner{rank}/{key}"] = entry[key]
         if self.ps.gradient_mode:
             stal = self.ps.pop_staleness()
             row["staleness"] = float(np.mean(stal)) if stal else None

@@ -383,6 +383,7 @@ def _handle_reply(reply: dict[str, Any], co: Coordinator, shared: SharedParams, 
         raise NonFiniteLossError(f"learner {reply['rank']}: {reply['error']}")
     co.replay.update_priorities(reply["keys"], reply["td_abs"])
     co.learn_metrics = reply["metrics"]
+    co.note_learner_reply(int(reply["rank"]), reply["metrics"])
     if "grads" in reply:
         result = co.ps.apply_gradients(reply["grads"], reply["version"])
         co.remote_updates = co.ps.applied_updates
