@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -218,6 +219,18 @@ class Actor:
     def mark_synced(self) -> None:
         """Called when a sync found nothing newer."""
         self._since_sync = 0
+
+    def maybe_sync(self, fetch: Callable[[int], tuple[int, np.ndarray] | None]) -> None:
+        """If a sync is due, ``fetch(newer_than=param_version)`` and load what it returns
+        (``(version, flat)``, or None when nothing newer exists). ``fetch`` is the transport's
+        read: the parameter server in-process, shared memory across processes."""
+        if not self.wants_params():
+            return
+        got = fetch(self.param_version)
+        if got is None:
+            self.mark_synced()
+        else:
+            self.set_params(*got)
 
     # ------------------------------------------------------------------ stepping
 

@@ -103,14 +103,8 @@ class ActorLoop:
 
     def tick(self) -> Any:
         """Sync parameters if due, take one vector step; a chunk when one is ready, else None."""
-        actor = self.actor
-        if actor.wants_params():
-            got = self.params.read(newer_than=actor.param_version)
-            if got is None:
-                actor.mark_synced()
-            else:
-                actor.set_params(*got)
-        return actor.step()
+        self.actor.maybe_sync(self.params.read)
+        return self.actor.step()
 
     def close(self) -> None:
         self.actor.close()

@@ -12,7 +12,6 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor
-from distdqn.roles.actor import Actor
 from distdqn.runtime.common import Coordinator
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def run_serial(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: 
             turn += 1
             chunk = None
             while chunk is None:
-                _sync(co, actor)
+                actor.maybe_sync(co.ps.get_params)
                 chunk = actor.step()
             while not co.can_insert(len(chunk)):
                 co.learn_step()
@@ -82,11 +81,3 @@ def run_serial(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: 
         raise error
     return summary
 
-
-def _sync(co: Coordinator, actor: Actor) -> None:
-    if actor.wants_params():
-        got = co.ps.get_params(newer_than=actor.param_version)
-        if got is None:
-            actor.mark_synced()
-        else:
-            actor.set_params(*got)
