@@ -115,6 +115,23 @@ class LearnerLoop:
             collective.destroy_process_group()
 
 
+def _serve_one(loop: LearnerLoop, batch_conn: Any, result_conn: Any) -> bool:
+    """Receive one batch, reply. False when the learner should stop: a ``None`` batch,
+    end-of-file on either pipe, or a reply carrying an error."""
+    try:
+        msg = batch_conn.recv()
+    except (EOFError, OSError):
+        return False
+    if msg is None:
+        return False
+    reply = loop.handle(msg)
+    try:
+        result_conn.send(reply)
+    except OSError:
+        return False
+    return "error" not in reply
+
+
 def learner_main(rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
                  batch_conn: Any, result_conn: Any, init_file: str, initial: np.ndarray) -> None:
     """Body of a learner process (see module docstring). Exits on a ``None`` batch or EOF."""
@@ -123,20 +140,8 @@ def learner_main(rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: An
     logging.basicConfig(level=logging.WARNING, format=f"[learner {rank}] %(levelname)s %(message)s")
     loop = LearnerLoop(rank, cfg, spaces, params, target, init_file, initial)
     try:
-        while True:
-            try:
-                msg = batch_conn.recv()
-            except (EOFError, OSError):
-                return
-            if msg is None:
-                return
-            reply = loop.handle(msg)
-            try:
-                result_conn.send(reply)
-            except OSError:
-                return
-            if "error" in reply:
-                return
+        while _serve_one(loop, batch_conn, result_conn):
+            pass
     finally:
         loop.close()
         result_conn.close()
@@ -173,15 +178,7 @@ def worker_main(rank: int, generation: int, cfg: ExperimentConfig, spaces: EnvSp
     try:
         while True:
             if batch_conn.poll():
-                try:
-                    msg = batch_conn.recv()
-                except (EOFError, OSError):
-                    return
-                if msg is None:
-                    return
-                reply = loop.handle(msg)
-                result_conn.send(reply)
-                if "error" in reply:
+                if not _serve_one(loop, batch_conn, result_conn):
                     return
                 continue
             if stop_event.is_set() or outbox.full():
