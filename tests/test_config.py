@@ -102,7 +102,7 @@ def test_nan_values_rejected() -> None:
         ("replay.kind", "fifo", ["prioritized", "uniform"]),
         ("learner.optimizer", "sgd", ["adam", "rmsprop"]),
         ("learner.loss", "l1", ["huber", "mse"]),
-        ("runtime", "ray", ["serial", "local"]),
+        ("runtime", "mpi", ["serial", "local", "ray"]),
         ("network.kind", "resnet", ["auto", "mlp", "nature_cnn"]),
         ("replay.initial_priority", "min", ["max", "actor"]),
     ],

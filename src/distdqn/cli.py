@@ -32,6 +32,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
         "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
         "seed": "seed", "runtime": "runtime", "device": "learner.device", "learners": "learner.num_learners",
+        "address": "ray.address", "replay_shards": "ray.replay_shards",
     }
     flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
@@ -80,6 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             from distdqn.runtime.serial import run_serial
 
             summary = run_serial(cfg, spaces, run_dir, resume=bool(args.resume))
+        elif cfg.runtime == "ray":
+            from distdqn.runtime.ray import run_ray
+
+            summary = run_ray(cfg, spaces, run_dir, resume=bool(args.resume))
         else:
             from distdqn.runtime.local import run_local
 
@@ -173,7 +178,10 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")
     t.add_argument("--total-env-steps", type=int, dest="total_env_steps")
     t.add_argument("--seed", type=int)
-    t.add_argument("--runtime", help="local (processes, default) or serial (one process, deterministic)")
+    t.add_argument("--runtime", help="local (processes, default), serial (one process, deterministic) "
+                   "or ray (Ray actors; a private Ray instance unless --address)")
+    t.add_argument("--address", help="runtime ray: join this Ray cluster (host:port, or auto) -> ray.address")
+    t.add_argument("--replay-shards", type=int, help="runtime ray: replay shards (Ray actors) -> ray.replay_shards")
     t.add_argument("--device", help="learner device: auto, cpu or cuda")
     t.add_argument("--config", help="YAML file of config keys")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")

@@ -176,6 +176,29 @@ class ParameterServerConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """The Ray runtime (``runtime: ray``): where to run and how to place and restart roles."""
+
+    address: str | None = None
+    """A running cluster to join (``ray start --head`` prints it, e.g. ``10.0.0.1:6379``, or
+    ``auto``). None: start a private Ray instance on this machine for the run."""
+    replay_shards: int = 1
+    """Replay shards (Ray actors); actor i inserts into shard ``i % replay_shards`` and the
+    learner draws each batch from one shard chosen in proportion to its priority mass."""
+    max_restarts: int = 20
+    """Restarts Ray may make of each role (actor, learner, replay shard, parameter server)
+    after its process or node dies; -1: unlimited."""
+    actor_resource: str | None = None
+    """A custom resource (``ray start --resources='{"NAME": k}'``) each actor role takes
+    one unit of, to place actors on chosen nodes. None: actors only take a CPU."""
+    num_cpus: int | None = None
+    """CPUs the private Ray instance advertises (no ``address``). None: enough for every role
+    (this machine's cores, at least actors + learners + 1)."""
+    dashboard: bool = False
+    """Start Ray's dashboard with the private instance (off: one listener fewer)."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Greedy evaluation."""
 
@@ -196,7 +219,9 @@ class ExperimentConfig:
     """Topology: ``apex`` (one learner applies its own updates and publishes parameters),
     ``gorila`` (learners push gradients to the parameter server, applied asynchronously),
     ``sync`` (learners all-reduce gradients or average parameters with torch.distributed)."""
-    runtime: Literal["serial", "local"] = "local"
+    runtime: Literal["serial", "local", "ray"] = "local"
+    """``serial`` (one process, deterministic), ``local`` (processes on this machine) or
+    ``ray`` (Ray actors on a private Ray instance or the cluster at ``ray.address``)."""
     seed: int = 0
     total_env_steps: int = 100_000
     checkpoint_period: int = 2_000
@@ -220,6 +245,7 @@ class ExperimentConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -334,6 +360,19 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(lr.average_period >= 1, "learner.average_period", lr.average_period, pos)
     _check(cfg.parameter_server.max_staleness >= 0, "parameter_server.max_staleness",
            cfg.parameter_server.max_staleness, "an integer >= 0")
+    ry = cfg.ray
+    _check(ry.replay_shards >= 1, "ray.replay_shards", ry.replay_shards, pos)
+    _check(ry.max_restarts >= -1, "ray.max_restarts", ry.max_restarts, "-1 (unlimited) or an integer >= 0")
+    _check(ry.num_cpus is None or ry.num_cpus >= 1, "ray.num_cpus", ry.num_cpus, "null or an integer > 0")
+    if cfg.runtime == "ray":
+        _check(cfg.preset in ("apex", "gorila"), "preset", cfg.preset,
+               "apex or gorila with runtime ray (sync learners on Ray are not built yet; use runtime local)")
+        _check(not cfg.colocate, "colocate", cfg.colocate, "false with runtime ray")
+        _check(r.placement == "central", "replay.placement", r.placement,
+               "central with runtime ray (use ray.replay_shards to spread the replay)")
+        _check(r.min_replay_size >= lr.batch_size * ry.replay_shards, "replay.min_replay_size", r.min_replay_size,
+               f">= learner.batch_size x ray.replay_shards ({lr.batch_size * ry.replay_shards}): "
+               "every shard must hold a batch")
     ev = cfg.eval
     _check(ev.eval_period >= 0, "eval.eval_period", ev.eval_period, "an integer >= 0")
     _check(ev.eval_episodes >= 1, "eval.eval_episodes", ev.eval_episodes, pos)
@@ -519,6 +558,7 @@ __all__ = [
     "LearnerConfig",
     "NetworkConfig",
     "PRESETS",
+    "RayConfig",
     "ReplayConfig",
     "apply_overrides",
     "error_buffer",

@@ -5,6 +5,8 @@ See ``docs/architecture.md`` for how the roles are wired.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -168,6 +170,9 @@ class SampledBatch:
         discount: ``[B]`` float32; next_obs ``[B, *obs_shape]``.
         weights: ``[B]`` float32 importance-sampling weights (all 1 for uniform replay).
         keys: ``[B]`` int64 numpy, addresses for :meth:`Replay.update_priorities`.
+        probs: ``[B]`` float64 numpy sampling probabilities P(i) within the replay that drew
+            the batch (prioritized replay), else None; lets a sharded replay's client
+            recompute the weights over all shards.
     """
 
     obs: torch.Tensor
@@ -177,6 +182,7 @@ class SampledBatch:
     next_obs: torch.Tensor
     weights: torch.Tensor
     keys: np.ndarray
+    probs: np.ndarray | None = None
 
 
 @dataclass
@@ -224,7 +230,13 @@ def load_flat_params(module: torch.nn.Module, flat: np.ndarray | torch.Tensor) -
     Raises:
         ValueError: if the vector's length does not match the module's parameter count.
     """
-    src = torch.as_tensor(flat)
+    if isinstance(flat, np.ndarray) and not flat.flags.writeable:
+        # e.g. a zero-copy view of Ray's object store: only read here, so no copy is needed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            src = torch.from_numpy(flat)
+    else:
+        src = torch.as_tensor(flat)
     total = sum(t.numel() for t in module.state_dict().values())
     if src.numel() != total:
         raise ValueError(f"flat parameter vector has {src.numel()} values, network needs {total}")

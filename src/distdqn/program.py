@@ -85,12 +85,19 @@ def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
     return Learner(cfg.learner, build_network(cfg, spaces), resolve_device(cfg.learner.device))
 
 
-def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces) -> Replay | ReplayPools:
+def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_shards: int = 1) -> Replay | ReplayPools:
     """The central replay, or one pool per actor (``replay.placement: per_actor``), with
-    ``replay.frame_dedup`` resolved to ``on``/``off`` (:func:`frame_dedup_enabled`)."""
-    seed = derive_seed(cfg.seed, REPLAY)
+    ``replay.frame_dedup`` resolved to ``on``/``off`` (:func:`frame_dedup_enabled`).
+
+    With ``num_shards > 1`` (the Ray runtime's ``ray.replay_shards``) this is shard
+    ``shard``: ``capacity`` and ``min_replay_size`` divided among the shards (rounded up),
+    its own seed."""
+    seed = derive_seed(cfg.seed, REPLAY) if num_shards == 1 else derive_seed(cfg.seed, REPLAY, shard)
     rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg),
                                frame_dedup="on" if frame_dedup_enabled(cfg, spaces) else "off")
+    if num_shards > 1:
+        rcfg = dataclasses.replace(rcfg, capacity=-(-rcfg.capacity // num_shards),
+                                   min_replay_size=-(-rcfg.min_replay_size // num_shards))
     unit = sample_unit(cfg)  # what one learning step samples: M batches for a sync round
     if cfg.replay.placement == "per_actor":
         return ReplayPools(rcfg, unit, spaces.obs_shape, spaces.obs_dtype, seed,

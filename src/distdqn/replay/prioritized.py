@@ -222,6 +222,7 @@ class Replay:
         if self.tree is None:
             slots = self.storage.sample_uniform(self._rng, b)
             weights = np.ones(b, dtype=np.float32)
+            probs = None
         else:
             total = self.tree.total()
             u = (np.arange(b, dtype=np.float64) + self._rng.random(b)) * (total / b)
@@ -240,6 +241,7 @@ class Replay:
             next_obs=torch.from_numpy(data["next_obs"]),
             weights=torch.from_numpy(weights),
             keys=self.storage.keys_of(slots),
+            probs=probs,
         )
 
     def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None:

@@ -28,7 +28,7 @@ from distdqn.envs import EnvSpaces
 from distdqn.exploration import linear_epsilon
 from distdqn.metrics import MetricsLogger
 from distdqn.program import build_evaluator, build_parameter_server, build_replay
-from distdqn.runtime.updaters import Updater, make_updater
+from distdqn.runtime.updaters import make_updater
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Counters:
     episodes: int = 0
     actor_restarts: int = 0
     learner_restarts: int = 0
+    replay_restarts: int = 0
+    parameter_server_restarts: int = 0
     env_restarts: int = 0
     next_eval_at: int = 0
     evals: int = 0
@@ -64,6 +66,67 @@ class Counters:
         return dict(self.__dict__)
 
 
+@dataclass
+class RemoteParts:
+    """Stand-ins for roles that live in other processes (the Ray runtime): objects with the
+    replay's, parameter server's and updater's methods that the coordinator calls
+    (``len``/``samples``/``inserted``/``beta``/``state_dict``; ``version``/``get_params``/
+    ``state_dict``; ``updates``/``params``/``state_dict``)."""
+
+    replay: Any
+    ps: Any
+    updater: Any
+
+
+@dataclass
+class IngestStats:
+    """Bookkeeping of the chunks that reached a replay, to be added to the run's counters
+    (:meth:`Coordinator.account`). ``produced = inserted + rejected + dropped``."""
+
+    produced: int = 0
+    inserted: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    env_steps: int = 0
+    env_restarts: int = 0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    param_versions: list[int] = field(default_factory=list)
+
+    def add(self, chunk: TransitionChunk, inserted: int, rejected: int, dropped: int = 0) -> None:
+        """Count one chunk whose transitions were inserted, rejected (non-finite) or dropped."""
+        self.produced += len(chunk)
+        self.inserted += inserted
+        self.rejected += rejected
+        self.dropped += dropped
+        self.env_steps += chunk.env_steps
+        self.env_restarts += chunk.env_restarts
+        self.episode_returns.extend(float(r) for r in chunk.episode_returns)
+        self.episode_lengths.extend(int(n) for n in chunk.episode_lengths)
+        if chunk.param_version >= 0:
+            self.param_versions.append(int(chunk.param_version))
+
+
+def ingest_chunk(replay: Any, chunk: TransitionChunk) -> tuple[int, int]:
+    """Refuse a chunk's non-finite transitions and insert the rest into ``replay``.
+
+    Returns ``(inserted, rejected)`` transition counts. A compact (frame-deduplicated)
+    chunk's frames are inserted even when none of its transitions survived: later
+    transitions of the same episode refer to them.
+    """
+    n = len(chunk)
+    bad = 0
+    if n:
+        ok = finite_mask(chunk)
+        bad = int(n - ok.sum())
+        if bad:
+            log.debug("actor %d: rejected %d non-finite transitions", chunk.actor_id, bad)
+            chunk = chunk.select(ok)  # a compact chunk keeps all its frames
+    if len(chunk) or chunk.frames is not None:
+        replay.insert(chunk)
+    return len(chunk), bad
+
+
 class Coordinator:
     """Replay + learner + parameter server + evaluator + bookkeeping, in one process.
 
@@ -76,14 +139,17 @@ class Coordinator:
     """
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, deterministic: bool, resume: bool,
-                 in_process_learners: bool = True):
+                 in_process_learners: bool = True, parts: RemoteParts | None = None):
         self.cfg, self.spaces, self.run_dir = cfg, spaces, Path(run_dir)
         self.deterministic = deterministic
         torch.set_num_threads(cfg.learner.torch_threads)
-        self.replay = build_replay(cfg, spaces)
-        self.ps = build_parameter_server(cfg, spaces)
-        # None when the learners run in their own processes (the runtime steps them).
-        self.updater: Updater | None = make_updater(cfg, spaces, self.ps) if in_process_learners else None
+        if parts is not None:  # roles living elsewhere (Ray), reached through proxies
+            self.replay, self.ps, self.updater = parts.replay, parts.ps, parts.updater
+        else:
+            self.replay = build_replay(cfg, spaces)
+            self.ps = build_parameter_server(cfg, spaces)
+            # None when the learners run in their own processes (the runtime steps them).
+            self.updater = make_updater(cfg, spaces, self.ps) if in_process_learners else None
         self.remote_updates = 0
         self.learn_metrics: dict[str, float] = {}
         # learner processes: replies per rank and their latest metrics (TensorBoard: learner<k>/...)
@@ -111,6 +177,8 @@ class Coordinator:
         self._last_log = (self._session_start, self.c.env_steps, self.updates)
         self._last_ckpt_updates = self.updates
         self.stop_reason: str | None = None
+        self.summary_extra: dict[str, Any] = {}
+        """Runtime-specific figures added to ``summary.json`` (e.g. Ray's start-up time)."""
 
     # ------------------------------------------------------------------ data in
 
@@ -119,28 +187,22 @@ class Coordinator:
 
     def ingest(self, chunk: TransitionChunk) -> None:
         """Account for a chunk, refuse non-finite transitions, insert the rest."""
-        n = len(chunk)
-        self.c.produced += n
-        self.c.env_steps += chunk.env_steps
-        self.c.env_restarts += chunk.env_restarts
-        for r, length in zip(chunk.episode_returns, chunk.episode_lengths):
-            self._recent_returns.append(r)
-            self._recent_lengths.append(length)
-            self.c.episodes += 1
-        if chunk.param_version >= 0:
-            self._param_lag.append(self.ps.version - chunk.param_version)
-        if n:
-            ok = finite_mask(chunk)
-            bad = int(n - ok.sum())
-            if bad:
-                self.c.rejected += bad
-                log.debug("actor %d: rejected %d non-finite transitions", chunk.actor_id, bad)
-                chunk = chunk.select(ok)  # a compact chunk keeps all its frames
-        # A compact (frame-deduplicated) chunk's frames are inserted even when none of its
-        # transitions survived: later transitions of the same episode refer to them.
-        if len(chunk) or chunk.frames is not None:
-            self.replay.insert(chunk)
-            self.c.inserted += len(chunk)
+        stats = IngestStats()
+        stats.add(chunk, *ingest_chunk(self.replay, chunk))
+        self.account(stats)
+
+    def account(self, s: IngestStats) -> None:
+        """Add chunk bookkeeping done here or elsewhere (a Ray replay shard) to the run's counters."""
+        self.c.produced += s.produced
+        self.c.inserted += s.inserted
+        self.c.rejected += s.rejected
+        self.c.dropped += s.dropped
+        self.c.env_steps += s.env_steps
+        self.c.env_restarts += s.env_restarts
+        self.c.episodes += len(s.episode_returns)
+        self._recent_returns.extend(s.episode_returns)
+        self._recent_lengths.extend(s.episode_lengths)
+        self._param_lag.extend(self.ps.version - v for v in s.param_versions)
 
     def drop(self, n: int) -> None:
         """Count transitions that were produced but never inserted (e.g. left in a queue at shutdown)."""
@@ -332,11 +394,14 @@ class Coordinator:
             "accounting_ok": c.produced == c.inserted + c.rejected + c.dropped,
             "actor_restarts": c.actor_restarts,
             "learner_restarts": c.learner_restarts,
+            "replay_restarts": c.replay_restarts,
+            "parameter_server_restarts": c.parameter_server_restarts,
             "env_restarts": c.env_restarts,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "learners": self.cfg.learner.num_learners,
             "staleness_mean": self.ps.staleness_mean() if self.ps.gradient_mode else None,
             "dropped_stale_gradients": self.ps.dropped_stale_gradients if self.ps.gradient_mode else None,
+            **self.summary_extra,
         }
 
     def finish(self) -> dict[str, Any]:
