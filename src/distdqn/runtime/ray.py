@@ -344,6 +344,7 @@ class ActorRole:
         generation = (self.incarnation & 0xFFFFFF) + 1 if restarted else 0
         self.actor = build_actor(cfg, spaces, actor_id, generation)
         self.source = (actor_id, self.incarnation)
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.shard, self.ps = shard, ps
         self._ps_incarnation = -1
         self._stop = threading.Event()
@@ -397,7 +398,11 @@ class ActorRole:
 
     def stats(self) -> dict[str, Any]:
         return {"incarnation": self.incarnation, "env_steps": self.actor.env_steps,
-                "param_version": self.actor.param_version}
+                "param_version": self.actor.param_version, "node_id": self.node_id}
+
+    def halt(self) -> None:
+        """Stop stepping (returns at once; :meth:`stop` waits for the thread)."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -899,8 +904,10 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-    # Actors and shards together (inserts waiting in a shard return as "dropped", so no
-    # actor stays blocked), then the learners.
+    # Actors first told to halt (so they produce no more), then actors and shards stopped
+    # together (inserts waiting in a shard return as "dropped", so no actor stays
+    # blocked), then the learners.
+    _call_all([r for r in roles if r.kind == "actor"], "halt", timeout=5)
     _call_all([r for r in roles if r.kind in ("actor", "replay")], "stop")
     _call_all([r for r in roles if r.kind == "learner"], "stop")
     for r in roles:
