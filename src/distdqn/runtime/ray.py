@@ -331,7 +331,7 @@ class ParameterServerRole:
 class ActorRole:
     """Ray actor: an :class:`~distdqn.roles.actor.Actor` stepping in a background thread."""
 
-    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, shard: Any, ps: Any):
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, shard: str, ps: str):
         import ray
 
         self._ray = ray
@@ -345,7 +345,7 @@ class ActorRole:
         self.actor = build_actor(cfg, spaces, actor_id, generation)
         self.source = (actor_id, self.incarnation)
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.shard, self.ps = shard, ps
+        self.shard, self.ps = ray.get_actor(shard), ray.get_actor(ps)
         self._ps_incarnation = -1
         self._stop = threading.Event()
         self.error: str | None = None
@@ -430,14 +430,13 @@ class LearnerRole:
     """Ray actor: a :class:`~distdqn.roles.learner.Learner` looping in a background thread
     once :meth:`begin` gave it its starting state."""
 
-    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: Any, *shards: Any):
-        # (shards as separate arguments: a list of handles would be one object in the object
-        # store, which Ray cannot promise to keep for a restart)
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: str, shards: tuple[str, ...]):
         import ray
 
         self._ray = ray
         _role_setup(cfg.learner.torch_threads)
-        self.cfg, self.rank, self.shards, self.ps = cfg, rank, list(shards), ps
+        self.cfg, self.rank = cfg, rank
+        self.shards, self.ps = [ray.get_actor(s) for s in shards], ray.get_actor(ps)
         self.gorila = cfg.preset == "gorila"
         self.learner = build_learner(cfg, spaces)
         self.incarnation = _incarnation()
@@ -739,11 +738,17 @@ def run_ray(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: boo
     restarts = {"max_restarts": rc.max_restarts, "max_task_retries": 0}
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     handles: list[Any] = []
+    # Roles find the parameter server and the shards by name (Ray named actors), so no
+    # constructor takes another actor's handle: Ray cannot promise to keep such arguments
+    # for a restart (ray-project/ray#53727).
+    prefix = f"distdqn-{os.getpid()}-{_incarnation():x}"
+    ps_name, shard_names = f"{prefix}-ps", tuple(f"{prefix}-replay{i}" for i in range(rc.replay_shards))
     try:
-        ps_h = ray.remote(ParameterServerRole).options(num_cpus=0, scheduling_strategy=here, **restarts).remote(
-            cfg, spaces)
+        ps_h = ray.remote(ParameterServerRole).options(num_cpus=0, scheduling_strategy=here, name=ps_name,
+                                                       **restarts).remote(cfg, spaces)
         shard_hs = [ray.remote(ReplayShardRole).options(num_cpus=0, scheduling_strategy=here, max_concurrency=1000,
-                                                        **restarts).remote(cfg, spaces, i, rc.replay_shards)
+                                                        name=shard_names[i], **restarts).remote(
+                                                            cfg, spaces, i, rc.replay_shards)
                     for i in range(rc.replay_shards)]
         handles += [ps_h, *shard_hs]
         ps_view = _PSView(ps_h, gradient_mode=cfg.preset == "gorila")
@@ -759,14 +764,14 @@ def run_ray(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: boo
             opts = {"num_cpus": 1, "num_gpus": gpus, **restarts}
             if not gpus:
                 opts["scheduling_strategy"] = here
-            learner_hs = [ray.remote(LearnerRole).options(**opts).remote(cfg, spaces, r, ps_h, *shard_hs)
+            learner_hs = [ray.remote(LearnerRole).options(**opts).remote(cfg, spaces, r, ps_name, shard_names)
                           for r in range(cfg.learner.num_learners)]
         learners_view.learners = learner_hs
         actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", **restarts}
         if rc.actor_resource:
             actor_opts["resources"] = {rc.actor_resource: 1}
         actor_hs = [ray.remote(ActorRole).options(**actor_opts).remote(
-            cfg, spaces, i, shard_hs[i % rc.replay_shards], ps_h) for i in range(cfg.actor.num_actors)]
+            cfg, spaces, i, shard_names[i % rc.replay_shards], ps_name) for i in range(cfg.actor.num_actors)]
         handles += learner_hs + actor_hs
         roles = ([_Role("parameter_server", 0, ps_h)] + [_Role("replay", i, h) for i, h in enumerate(shard_hs)]
                  + [_Role("learner", i, h) for i, h in enumerate(learner_hs)]
