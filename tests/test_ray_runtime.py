@@ -102,3 +102,11 @@ def test_ray_two_replay_shards(tmp_path):
     s = run(cfg_of(total_env_steps=10_000, **{"ray.replay_shards": 2}), tmp_path)
     assert s["accounting_ok"] and s["inserted"] > 9_000
     assert s["updates"] > 500
+
+
+def test_ray_nan_rewards_are_rejected_in_the_shard(tmp_path):
+    s = run(cfg_of(total_env_steps=4000, **{"env.id": "distdqn/NaNReward-v0", "replay.min_replay_size": 256}),
+            tmp_path)
+    assert s["rejected"] >= s["produced"] // 10 - 8 > 0
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+    assert s["updates"] > 0  # learning went on with finite data only
