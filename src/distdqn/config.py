@@ -41,8 +41,10 @@ class EnvConfig:
     ``ALE/...`` ids get the standard Atari preprocessing below."""
     envs_per_actor: int = 4
     """Sub-environments per actor, stepped as one vector env with one batched forward."""
-    backend: Literal["gymnasium"] = "gymnasium"
-    """Environment backend."""
+    backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """``gymnasium``: ``SyncVectorEnv`` of Gymnasium envs (each episode seeded; exact resume).
+    ``envpool``: EnvPool's C++ envs (``pip install envpool``), same preprocessing semantics,
+    seeded once per vector env, so a resumed run starts new episodes."""
     max_episode_steps: int | None = None
     """Override of the env's time limit (episodes end *truncated* there). None: env default."""
     frame_skip: int = 4
