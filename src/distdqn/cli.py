@@ -32,6 +32,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
         "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
         "seed": "seed", "runtime": "runtime", "device": "learner.device", "learners": "learner.num_learners",
+        "env_backend": "env.backend",
     }
     flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
@@ -169,6 +170,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--learners", type=int, help="learners (gorila, sync)")
     t.add_argument("--colocate", action="store_true", help="gorila/sync: actor i and learner i share a process")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")
+    t.add_argument("--env-backend", dest="env_backend", help="env.backend: gymnasium (default) or envpool")
     t.add_argument("--actors", type=int, help="actor processes")
     t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")
     t.add_argument("--total-env-steps", type=int, dest="total_env_steps")
@@ -195,6 +197,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="throughput against ceilings measured in the same run")
     b.add_argument("--env", default="CartPole-v1")
+    b.add_argument("--env-backend", dest="env_backend", default="gymnasium",
+                   help="env.backend: gymnasium (default) or envpool")
     b.add_argument("--actors", type=int, default=2)
     b.add_argument("--seconds", type=float, default=10.0, help="measurement window per row")
     b.add_argument("--seeds", default="0,1,2", help="seeds for the time-to-solve rows")
