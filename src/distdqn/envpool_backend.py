@@ -112,9 +112,11 @@ class EnvPoolVectorEnv:
     (see the module docstring for the contract and the Atari semantics).
 
     Args:
-        cfg: which env and its preprocessing (``cfg.backend`` is not read here).
+        cfg: which env, its preprocessing and ``envpool_threads`` (``cfg.backend`` is not
+            read here).
         num_envs: sub-envs, >= 1.
-        num_threads: EnvPool worker threads; 0 lets EnvPool choose (one per sub-env).
+        num_threads: EnvPool worker threads, overriding ``cfg.envpool_threads`` (0: one
+            per sub-env, EnvPool's default).
 
     Raises:
         ConfigError: envpool is not installed.
@@ -122,7 +124,7 @@ class EnvPoolVectorEnv:
         ValueError: ``num_envs < 1``.
     """
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, num_threads: int = 0):
+    def __init__(self, cfg: EnvConfig, num_envs: int, num_threads: int | None = None):
         from distdqn.envs import _check_space_pair, is_atari
 
         if num_envs < 1:
@@ -133,7 +135,7 @@ class EnvPoolVectorEnv:
         self.atari = is_atari(cfg.id)
         self.task_id = envpool_task_id(cfg.id, self.atari)
         kwargs: dict[str, Any] = {"num_envs": self.num_envs, "batch_size": self.num_envs,
-                                  "num_threads": int(num_threads)}
+                                  "num_threads": int(cfg.envpool_threads if num_threads is None else num_threads)}
         if cfg.max_episode_steps is not None:
             kwargs["max_episode_steps"] = int(cfg.max_episode_steps)
         if self.atari:
@@ -211,8 +213,8 @@ class EnvPoolVectorEnv:
     @staticmethod
     def _order(info: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         """Permutation that puts EnvPool's rows in the order of ``ids``."""
-        got = np.asarray(info["env_id"])
-        if np.array_equal(got, ids):
+        got = info["env_id"]
+        if got.shape == ids.shape and (got == ids).all():
             return slice(None)  # type: ignore[return-value]
         pos = {int(e): k for k, e in enumerate(got)}
         return np.array([pos[int(e)] for e in ids], dtype=np.int64)
@@ -232,7 +234,8 @@ class EnvPoolVectorEnv:
         """One step of sub-envs ``ids``; returns (obs or frame, raw reward float64, game over or
         truncated bool, truncated bool, lives) in the order of ``ids`` and counts the step
         into the episode statistics."""
-        obs, rew, term, trunc, info = self._pool.step(actions.astype(np.int32, copy=False), ids)
+        full = len(ids) == self.num_envs  # every sub-env: EnvPool's default env_id
+        obs, rew, term, trunc, info = self._pool.step(actions.astype(np.int32, copy=False), None if full else ids)
         p = self._order(info, ids)
         obs = np.asarray(obs)[p]
         rew = np.asarray(rew, dtype=np.float64)[p]
