@@ -354,3 +354,6 @@ def test_env_backend_choice_is_validated() -> None:
     with pytest.raises(ConfigError, match="env.backend") as exc:
         from_dict({"env": {"backend": "gym"}})
     assert "gymnasium" in str(exc.value) and "envpool" in str(exc.value)
+    assert from_dict({}).env.envpool_threads == 1
+    with pytest.raises(ConfigError, match="env.envpool_threads"):
+        from_dict({"env": {"envpool_threads": -1}})
