@@ -18,6 +18,9 @@ Only touched pages count in RSS: the replay's arrays are ``np.zeros`` (untouched
 cost nothing), so the "full" figure is what is really in use, and the "wrapped" figure is
 the most the replay will ever use.
 
+The synthetic actors are :class:`distdqn.bench_replay.SyntheticActor` (also behind rows
+(e) and (f) of ``distdqn bench --env ALE/Pong-v5``).
+
 Run: ``PYTHONPATH=src python benchmarks/replay_memory.py`` (needs ~8 GB of free memory;
 ``--transitions 100000`` for a quick look).
 """
@@ -27,110 +30,15 @@ from __future__ import annotations
 import argparse
 import gc
 import time
-from collections import deque
 
 import numpy as np
 
+from distdqn.bench_replay import FRAME, FRAME_BYTES, SyntheticActor, fill, rss_bytes
 from distdqn.config import ReplayConfig
-from distdqn.core import FrameBlock, TransitionChunk
 from distdqn.replay import Replay
 
-FRAME = (84, 84)
-FRAME_BYTES = FRAME[0] * FRAME[1]  # 7,056
 STACK = 4
 TARGET_BYTES = 1.1 * 1_000_000 * FRAME_BYTES  # 1.1 x 7.06 GB
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-class SyntheticActor:
-    """An actor's frame numbering and n-step windows over ``envs`` sub-envs (see
-    :class:`distdqn.roles.actor.Actor`), with random frames and episode lengths."""
-
-    def __init__(self, actor_id: int, envs: int, n_step: int, mean_episode: int, chunk_size: int,
-                 rng: np.random.Generator):
-        self.actor_id, self.envs, self.n, self.chunk_size, self.rng = actor_id, envs, n_step, chunk_size, rng
-        self.mean_episode = mean_episode
-        self.stream = (actor_id << 32) | 12345
-        self.next_id = 0
-        self.frames: list[np.ndarray] = []
-        self.prev: list[np.ndarray] = []
-        self.start = 0
-        self.obs: list[int] = []
-        self.nxt: list[int] = []
-        self.windows = [deque() for _ in range(envs)]
-        self.cur = self._new_frames(envs, None)
-        self.left = self._lengths(envs)
-
-    def _lengths(self, m: int) -> np.ndarray:
-        return self.rng.integers(max(1, self.mean_episode // 4), self.mean_episode * 7 // 4 + 1, size=m)
-
-    def _new_frames(self, m: int, prev: np.ndarray | None) -> np.ndarray:
-        ids = np.arange(self.next_id, self.next_id + m, dtype=np.int64)
-        self.frames.append(self.rng.integers(0, 256, size=(m, *FRAME), dtype=np.uint8))
-        self.prev.append(ids if prev is None else prev.copy())
-        self.next_id += m
-        return ids
-
-    def step(self) -> None:
-        nxt = self._new_frames(self.envs, self.cur)
-        self.left -= 1
-        done = self.left <= 0
-        for e in range(self.envs):
-            w = self.windows[e]
-            w.append(int(self.cur[e]))
-            if done[e]:
-                while w:  # the episode's last (up to n) transitions, all to its final frame
-                    self.obs.append(w.popleft())
-                    self.nxt.append(int(nxt[e]))
-            elif len(w) == self.n:
-                self.obs.append(w.popleft())
-                self.nxt.append(int(nxt[e]))
-        self.cur = nxt
-        if done.any():
-            self.cur[done] = self._new_frames(int(done.sum()), None)
-            self.left[done] = self._lengths(int(done.sum()))
-
-    def chunk(self) -> TransitionChunk:
-        while len(self.obs) < self.chunk_size:
-            self.step()
-        t = len(self.obs)
-        frames, prev = np.concatenate(self.frames), np.concatenate(self.prev)
-        c = TransitionChunk(
-            obs=None, next_obs=None,
-            action=self.rng.integers(0, 6, size=t),
-            reward=self.rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), size=t),
-            discount=np.full(t, 0.99**3, np.float32),
-            priority=self.rng.exponential(1.0, size=t).astype(np.float32),
-            actor_id=self.actor_id,
-            frames=FrameBlock(frames=frames, prev=prev, start=self.start, stream=self.stream),
-            obs_frame=np.array(self.obs, np.int64), next_frame=np.array(self.nxt, np.int64),
-        )
-        self.start = self.next_id
-        self.frames, self.prev, self.obs, self.nxt = [], [], [], []
-        return c
-
-
-def fill(replay: Replay, actors: list[SyntheticActor], until: int) -> tuple[int, float, int]:
-    """Insert chunks round-robin until ``replay.inserted >= until``; returns (chunks,
-    seconds inside ``insert``, frames sent)."""
-    chunks, t_insert, frames = 0, 0.0, 0
-    i = 0
-    while replay.inserted < until:
-        c = actors[i % len(actors)].chunk()
-        i += 1
-        frames += len(c.frames)
-        t0 = time.perf_counter()
-        replay.insert(c)
-        t_insert += time.perf_counter() - t0
-        chunks += 1
-    return chunks, t_insert, frames
 
 
 def sample_rate(replay: Replay, batch: int, seconds: float, rng: np.random.Generator) -> float:

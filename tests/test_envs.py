@@ -319,3 +319,41 @@ def test_chain_rewards_and_termination() -> None:
     env.reset()
     assert env.step(0)[1:4] == (1.0, False, False)
     assert env.step(0)[1:4] == (2.0, False, True)
+
+
+# ----------------------------------------------------------------------------- envpool backend
+
+
+def test_envpool_backend_missing_fails_with_one_line(monkeypatch, tmp_path, capsys) -> None:
+    """Without envpool, choosing it is a config error naming env.backend and how to install
+    it, from the library and from the CLI (exit code 2, nothing started); the Gymnasium
+    backend is unaffected."""
+    from distdqn.cli import main
+    from distdqn.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "envpool", None)  # import envpool -> ImportError
+    with pytest.raises(ConfigError, match="env.backend") as exc:
+        env_spaces(EnvConfig(id="CartPole-v1", backend="envpool"))
+    msg = str(exc.value)
+    assert "pip install envpool" in msg and "[envpool]" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="env.backend"):
+        make_vector_env(EnvConfig(id="ALE/Pong-v5", backend="envpool"), 2)
+    run = tmp_path / "r"
+    assert main(["train", "--env-backend", "envpool", "--run-dir", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "env.backend" in err[0] and "pip install envpool" in err[0]
+    assert not run.exists()
+    assert env_spaces(EnvConfig(id="CartPole-v1")).num_actions == 2
+
+
+def test_env_backend_choice_is_validated() -> None:
+    from distdqn.config import ConfigError, from_dict
+
+    assert from_dict({"env": {"backend": "envpool"}}).env.backend == "envpool"
+    assert from_dict({}).env.backend == "gymnasium"
+    with pytest.raises(ConfigError, match="env.backend") as exc:
+        from_dict({"env": {"backend": "gym"}})
+    assert "gymnasium" in str(exc.value) and "envpool" in str(exc.value)
+    assert from_dict({}).env.envpool_threads == 1
+    with pytest.raises(ConfigError, match="env.envpool_threads"):
+        from_dict({"env": {"envpool_threads": -1}})

@@ -15,6 +15,11 @@ Rows (see ``benchmarks/README.md`` for the reasoning behind each ceiling):
     2,500 env steps) per seed, against Stable-Baselines3 DQN with the RL-Zoo
     hyperparameters measured the same way. Target: median wall-clock ratio <= 0.25.
 
+These are the *classic* rows, the default for classic-control ids on the Gymnasium
+backend. Atari ids and ``--env-backend envpool`` (or ``--rows env``) get the *env* rows of
+:mod:`distdqn.bench_env` instead: raw env, collection, bare update, learner, replay
+throughput and replay memory (plus time-to-solve for CartPole-v1).
+
 Exit codes: 0 the benchmark ran (targets met or not: see the table); 1 a run failed;
 2 invalid config or unknown environment.
 """
@@ -45,13 +50,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from distdqn.config import ConfigError, ExperimentConfig, from_dict, replace
+from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml, replace
 from distdqn.core import NonFiniteLossError, TransitionChunk
-from distdqn.envs import EnvSpaces, EnvSpecError, make_vector_env
+from distdqn.envs import EnvSpaces, EnvSpecError, is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons
 from distdqn.losses import n_step_double_dqn_targets, td_loss
-from distdqn.program import build_network, spaces_for
+from distdqn.program import build_network, frame_dedup_enabled, spaces_for
 from distdqn.roles.learner import make_optimizer, resolve_device
+
+DEFAULT_SECONDS = 10.0
+QUICK_SECONDS = 3.0
+"""Measurement window per row: default, and with ``--quick`` (which also skips time-to-solve)."""
+REPLAY_CAPACITY = 1_000_000
+"""Env mode, rows (e) and (f): replay capacity (``--replay-capacity``)."""
 
 COLLECTION_TARGET = 0.8
 LEARNING_TARGET = 0.8
@@ -308,12 +319,14 @@ def bare_collector(
     out.put((actor_id, steps * n, elapsed))
 
 
-def measure_collection_ceiling(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float) -> dict[str, Any]:
-    """(a) ceiling: ``num_actors`` concurrent :func:`bare_collector` processes; rates summed."""
+def measure_collection_ceiling(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float,
+                               target: Callable[..., None] = bare_collector) -> dict[str, Any]:
+    """(a) ceiling: ``num_actors`` concurrent ``target`` processes (default
+    :func:`bare_collector`; same signature), started together; rates summed."""
     ctx = mp.get_context("spawn")
     k = cfg.actor.num_actors
     barrier, out = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=bare_collector, args=(cfg, spaces, i, seconds, barrier, out), daemon=True)
+    procs = [ctx.Process(target=target, args=(cfg, spaces, i, seconds, barrier, out), daemon=True)
              for i in range(k)]
     for p in procs:
         p.start()
@@ -335,18 +348,21 @@ def measure_collection_ceiling(cfg: ExperimentConfig, spaces: EnvSpaces, seconds
 
 
 def measure_collection(
-    cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, expected_sps: float, run_dir: Path
+    cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, expected_sps: float, run_dir: Path,
+    warm_env_steps: int | None = None,
 ) -> dict[str, Any]:
     """(a) figure: ``run_local(collect_only=True)``, steady state from ``metrics.csv``.
 
     The warm-up lasts until the linear epsilon decay is over (so episodes look like the
-    ceiling's) and at least one log period past the first collected env steps; the budget
-    is sized from ``expected_sps`` (the ceiling) so the measured window lasts at least
-    ``seconds`` (longer by the inverse of the ratio).
+    ceiling's; ``warm_env_steps`` overrides that) and at least one log period past the
+    first collected env steps; the budget is sized from ``expected_sps`` (the ceiling) so
+    the measured window lasts at least ``seconds`` (longer by the inverse of the ratio).
     """
     from distdqn.runtime.local import run_local
 
     warm = cfg.actor.epsilon_decay_steps if cfg.actor.epsilon_schedule == "linear" else 0
+    if warm_env_steps is not None:
+        warm = int(warm_env_steps)
     budget = int(warm + max(expected_sps, 1000.0) * (seconds + 1.0))
     c = replace(cfg, **{"replay.samples_per_insert": 0.0, "eval.eval_period": 0, "eval.target_return": None,
                         "total_env_steps": budget, "log_period": 0.5, "checkpoint_period": 0})
@@ -440,9 +456,20 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
         rng = np.random.default_rng([cfg.seed, 12])
         fill = min(c.replay.capacity, FILL_LIMIT)
         gamma_n = c.learner.gamma ** c.actor.n_step
-        for i, start in enumerate(range(0, fill, 10_000)):
-            d = _random_transitions(spaces, min(10_000, fill - start), rng, gamma_n)
-            co.replay.insert(TransitionChunk(**d, actor_id=i % c.actor.num_actors))
+        if frame_dedup_enabled(c, spaces):
+            # Compact frame chunks as actors send them (random stacks would store 2k frames each).
+            from distdqn.bench_replay import SyntheticActor
+            from distdqn.bench_replay import fill as fill_replay
+
+            pool = rng.integers(0, 256, size=(256, *spaces.obs_shape[1:]), dtype=np.uint8)
+            sources = [SyntheticActor(i, c.env.envs_per_actor, c.actor.n_step, 800, c.actor.chunk_size,
+                                      np.random.default_rng([cfg.seed, 12, i]), pool, spaces.num_actions, gamma_n)
+                       for i in range(c.actor.num_actors)]
+            fill_replay(co.replay, sources, fill)
+        else:
+            for i, start in enumerate(range(0, fill, 10_000)):
+                d = _random_transitions(spaces, min(10_000, fill - start), rng, gamma_n)
+                co.replay.insert(TransitionChunk(**d, actor_id=i % c.actor.num_actors))
         shared = SharedParams(mp.get_context("spawn"), co.ps.num_params)
 
         def learner_step() -> None:
@@ -489,13 +516,14 @@ def measure_full_run(cfg: ExperimentConfig, spaces: EnvSpaces, budget: int, run_
 # ----------------------------------------------------------------------------- (d) time to solve
 
 
-def distdqn_time_to_solve(actors: int, seed: int, run_dir: Path) -> dict[str, Any]:
-    """(d), distdqn: the default config on CartPole-v1, stopped at the first evaluation
-    whose mean return reaches the target. Wall time is from the call of ``run_local``."""
+def distdqn_time_to_solve(actors: int, seed: int, run_dir: Path, backend: str = "gymnasium") -> dict[str, Any]:
+    """(d), distdqn: the default config on CartPole-v1 (``env.backend=backend``), stopped at
+    the first evaluation whose mean return reaches the target. Wall time is from the call
+    of ``run_local``."""
     from distdqn.runtime.local import run_local
 
     cfg = from_dict({
-        "env": {"id": SOLVE_ENV}, "actor": {"num_actors": actors}, "seed": seed, "progress": False,
+        "env": {"id": SOLVE_ENV, "backend": backend}, "actor": {"num_actors": actors}, "seed": seed, "progress": False,
         "total_env_steps": SOLVE_BUDGET,
         "eval": {"eval_period": SOLVE_EVAL_PERIOD, "eval_episodes": SOLVE_EVAL_EPISODES,
                  "target_return": SOLVE_TARGET_RETURN},
@@ -595,40 +623,76 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _bench_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The default (apex) config, then ``--config``, then ``--env``, ``--env-backend``,
+    ``--actors`` and ``--set``; no progress bar. Raises ConfigError."""
+    data: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    flags = ["progress=false"]
+    for attr, key in (("env", "env.id"), ("env_backend", "env.backend"), ("actors", "actor.num_actors")):
+        if getattr(args, attr, None) is not None:
+            flags.append(f"{key}={getattr(args, attr)}")
+    return from_dict(apply_overrides(data, flags + list(getattr(args, "set", None) or [])))
+
+
+def bench_mode(cfg: ExperimentConfig, rows: str = "auto") -> str:
+    """``classic`` (rows a-d of this module) or ``env`` (:mod:`distdqn.bench_env`); ``auto``:
+    env for Atari ids and the envpool backend, classic otherwise."""
+    if rows in ("classic", "env"):
+        return rows
+    return "env" if is_atari(cfg.env.id) or cfg.env.backend == "envpool" else "classic"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args`` (see ``distdqn bench --help``); print the
     table, optionally write ``--json``. Returns the exit code."""
     default_threads = torch.get_num_threads()
+    quick = bool(getattr(args, "quick", False))
+    seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if quick else DEFAULT_SECONDS)
     try:
-        if args.seconds <= 0:
-            raise ConfigError("--seconds", args.seconds, "a number > 0")
-        seeds = [] if args.skip_solve else _parse_seeds(args.seeds)
-        cfg = _base_config(args.env, args.actors)
+        if seconds <= 0:
+            raise ConfigError("--seconds", seconds, "a number > 0")
+        cfg = _bench_config(args)
+        mode = bench_mode(cfg, getattr(args, "rows", None) or "auto")
+        solve = not args.skip_solve and not quick and (mode == "classic" or cfg.env.id == SOLVE_ENV)
+        seeds = _parse_seeds(args.seeds) if solve else []
+        capacity = int(getattr(args, "replay_capacity", None) or REPLAY_CAPACITY)
+        if capacity < 10_000:
+            raise ConfigError("--replay-capacity", capacity, "an integer >= 10000")
         spaces = spaces_for(cfg)
     except (ConfigError, EnvSpecError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 2
-    run_sb3 = not args.skip_solve and not args.skip_sb3
+    run_sb3 = bool(seeds) and not args.skip_sb3
     sb3_missing = run_sb3 and importlib.util.find_spec("stable_baselines3") is None
     run_sb3 = run_sb3 and not sb3_missing
-    # No CLI flag yet: SB3 uses torch's default thread count unless args has sb3_threads.
     sb3_threads: int | None = getattr(args, "sb3_threads", None)
     report: dict[str, Any] = {
-        "env": cfg.env.id, "actors": cfg.actor.num_actors, "envs_per_actor": cfg.env.envs_per_actor,
-        "seconds": float(args.seconds),
+        "mode": mode, "env": cfg.env.id, "backend": cfg.env.backend, "actors": cfg.actor.num_actors,
+        "envs_per_actor": cfg.env.envs_per_actor, "seconds": float(seconds),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_default_threads": default_threads,
                     "learner_device": str(resolve_device(cfg.learner.device))},
     }
     try:
         with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp:
-            rows = _throughput_rows(cfg, spaces, float(args.seconds), Path(tmp), report)
+            if mode == "env":
+                from distdqn.bench_env import env_rows
+
+                rows = env_rows(cfg, spaces, float(seconds), Path(tmp), report, capacity)
+            else:
+                rows = _throughput_rows(cfg, spaces, float(seconds), Path(tmp), report)
             if seeds:
-                rows += _solve_rows(seeds, cfg.actor.num_actors, run_sb3, sb3_threads, Path(tmp), report)
+                rows += _solve_rows(seeds, cfg.actor.num_actors, run_sb3, sb3_threads, Path(tmp), report,
+                                    label="(d)" if mode == "classic" else "(g)", backend=cfg.env.backend)
     except (NonFiniteLossError, BenchError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 1
-    notes = _notes(cfg, report)
+    if mode == "env":
+        from distdqn.bench_env import env_notes
+
+        notes = env_notes(cfg, spaces, report) + _solve_notes(cfg, report)
+    else:
+        notes = _notes(cfg, report)
     if sb3_missing:
         notes.append("Stable-Baselines3 is not installed: SB3 column skipped "
                      "(pip install stable-baselines3, or pip install -e '.[bench]').")
@@ -704,16 +768,25 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
         "(c) summary figures include actor spawn; steady state excludes it. Ratios to the (a)/(b) ceilings "
         "are for orientation (actors and learner share the CPU; samples_per_insert ties sps to ups).",
     ]
+    return notes + _solve_notes(cfg, report)
+
+
+def _solve_notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
+    """Notes on the time-to-solve rows (none when they did not run)."""
+    solve = report.get("solve", {})
+    notes: list[str] = []
+    lab = solve.get("label", "(d)")
     if solve:
         if solve.get("sb3"):
             hp = solve["sb3"][0]
-            notes.append(f"(d) SB3 {_sb3_version()} DQN, RL-Zoo CartPole-v1 hyperparameters, exploration_fraction "
+            notes.append(f"{lab} SB3 {_sb3_version()} DQN, RL-Zoo CartPole-v1 hyperparameters, exploration_fraction "
                          f"{hp['hyperparameters']['exploration_fraction']:g} (the Zoo's 0.16 of 50k steps: the same "
                          f"8k-step decay within the {SOLVE_BUDGET:,}-step budget), device {hp['device']}.")
             if solve["sb3_torch_threads"] > 1:
-                notes.append(f"(d) SB3 ran with {solve['sb3_torch_threads']} torch threads: multi-threaded torch "
+                notes.append(f"{lab} SB3 ran with {solve['sb3_torch_threads']} torch threads: multi-threaded torch "
                              "slows down sharply when other processes load the CPU, so its times are load-sensitive.")
-        notes.append(f"(d) {SOLVE_ENV}, {cfg.actor.num_actors} actors; solved = first eval (every "
+        notes.append(f"{lab} {SOLVE_ENV} (env.backend={solve.get('backend', 'gymnasium')}), "
+                     f"{cfg.actor.num_actors} actors; solved = first eval (every "
                      f"{SOLVE_EVAL_PERIOD:,} env steps) with mean return >= {SOLVE_TARGET_RETURN:g} over "
                      f"{SOLVE_EVAL_EPISODES} greedy episodes; wall from the start of the run (distdqn: the call of "
                      "run_local, actor spawn included; SB3: env and model construction) to the end of that eval; "
@@ -723,17 +796,18 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
 
 
 def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, sb3_threads: int | None, work: Path,
-                report: dict[str, Any]) -> list[Row]:
-    """Row (d): distdqn and (optionally) SB3 per seed, interleaved; figures go into ``report``."""
+                report: dict[str, Any], label: str = "(d)", backend: str = "gymnasium") -> list[Row]:
+    """Row (d) (``label``): distdqn (on ``backend``) and (optionally) SB3 per seed,
+    interleaved; figures go into ``report``."""
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) if run_sb3 else None
     try:
         for seed in seeds:
-            _say(f"(d) time to solve {SOLVE_ENV}, seed {seed}: distdqn")
-            ours.append(distdqn_time_to_solve(actors, seed, work / f"solve-s{seed}"))
+            _say(f"{label} time to solve {SOLVE_ENV}, seed {seed}: distdqn ({backend})")
+            ours.append(distdqn_time_to_solve(actors, seed, work / f"solve-s{seed}", backend))
             if pool is not None:
-                _say(f"(d) time to solve {SOLVE_ENV}, seed {seed}: Stable-Baselines3 DQN")
+                _say(f"{label} time to solve {SOLVE_ENV}, seed {seed}: Stable-Baselines3 DQN")
                 theirs.append(pool.submit(sb3_time_to_solve, seed, sb3_threads).result())
     finally:
         if pool is not None:
@@ -742,16 +816,16 @@ def _solve_rows(seeds: list[int], actors: int, run_sb3: bool, sb3_threads: int |
     ref = "(SB3)" if theirs else ""
     for i, r in enumerate(ours):
         s = theirs[i] if theirs else None
-        rows.append(Row(f"(d) seed {r['seed']}: env steps to solve", _or_inf(r["solved_at_env_steps"]),
+        rows.append(Row(f"{label} seed {r['seed']}: env steps to solve", _or_inf(r["solved_at_env_steps"]),
                         _or_inf(s["solved_at_env_steps"]) if s else None, ref))
-        rows.append(Row(f"(d) seed {r['seed']}: wall s to solve", _or_inf(r["solved_at_wall_time_s"]),
+        rows.append(Row(f"{label} seed {r['seed']}: wall s to solve", _or_inf(r["solved_at_wall_time_s"]),
                         _or_inf(s["solved_at_wall_time_s"]) if s else None, ref, fmt=".1f"))
     med = _median_time(ours, "solved_at_wall_time_s")
     med_sb3 = _median_time(theirs, "solved_at_wall_time_s") if theirs else None
-    median_row = Row(f"(d) median wall s to solve, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}", med, med_sb3, ref,
+    median_row = Row(f"{label} median wall s to solve, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}", med, med_sb3, ref,
                      ("<=", SOLVE_WALL_TARGET) if theirs else None, fmt=".1f")
     rows.append(median_row)
-    report["solve"] = {"env": SOLVE_ENV, "budget": SOLVE_BUDGET, "eval_period": SOLVE_EVAL_PERIOD,
+    report["solve"] = {"env": SOLVE_ENV, "backend": backend, "label": label, "budget": SOLVE_BUDGET, "eval_period": SOLVE_EVAL_PERIOD,
                        "eval_episodes": SOLVE_EVAL_EPISODES, "target_return": SOLVE_TARGET_RETURN,
                        "distdqn": ours, "sb3": theirs, "median_wall_s": med, "sb3_median_wall_s": med_sb3,
                        "median_wall_ratio": median_row.ratio,

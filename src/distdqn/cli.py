@@ -32,7 +32,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
         "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
         "seed": "seed", "runtime": "runtime", "device": "learner.device", "learners": "learner.num_learners",
-        "address": "ray.address", "replay_shards": "ray.replay_shards",
+        "address": "ray.address", "replay_shards": "ray.replay_shards", "env_backend": "env.backend",
     }
     flags = [f"{key}={getattr(args, attr)}" for attr, key in flag_map.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
@@ -174,6 +174,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--learners", type=int, help="learners (gorila, sync)")
     t.add_argument("--colocate", action="store_true", help="gorila/sync: actor i and learner i share a process")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")
+    t.add_argument("--env-backend", dest="env_backend", help="env.backend: gymnasium (default) or envpool")
     t.add_argument("--actors", type=int, help="actor processes")
     t.add_argument("--envs-per-actor", type=int, dest="envs_per_actor")
     t.add_argument("--total-env-steps", type=int, dest="total_env_steps")
@@ -202,9 +203,18 @@ def make_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     b = sub.add_parser("bench", help="throughput against ceilings measured in the same run")
-    b.add_argument("--env", default="CartPole-v1")
-    b.add_argument("--actors", type=int, default=2)
-    b.add_argument("--seconds", type=float, default=10.0, help="measurement window per row")
+    b.add_argument("--env", help="Gymnasium id (default CartPole-v1, or the --config file's)")
+    b.add_argument("--env-backend", dest="env_backend", help="env.backend: gymnasium (default) or envpool")
+    b.add_argument("--actors", type=int, help="actor processes (default 2)")
+    b.add_argument("--config", help="YAML file of config keys (e.g. configs/pong.yaml)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    b.add_argument("--rows", choices=["auto", "classic", "env"], default="auto",
+                   help="classic (CartPole rows a-d) or env (raw env .. replay memory, rows a-f); "
+                        "auto: env for Atari ids and --env-backend envpool")
+    b.add_argument("--seconds", type=float, help="measurement window per row (default 10, --quick 3)")
+    b.add_argument("--quick", action="store_true", help="3 s per row, no time-to-solve rows")
+    b.add_argument("--replay-capacity", type=int, dest="replay_capacity",
+                   help="env rows (e, f): replay capacity (default 1,000,000)")
     b.add_argument("--seeds", default="0,1,2", help="seeds for the time-to-solve rows")
     b.add_argument("--skip-solve", action="store_true", help="skip the time-to-solve rows")
     b.add_argument("--skip-sb3", action="store_true", help="skip the Stable-Baselines3 comparison")

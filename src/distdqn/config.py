@@ -41,8 +41,13 @@ class EnvConfig:
     ``ALE/...`` ids get the standard Atari preprocessing below."""
     envs_per_actor: int = 4
     """Sub-environments per actor, stepped as one vector env with one batched forward."""
-    backend: Literal["gymnasium"] = "gymnasium"
-    """Environment backend."""
+    backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """``gymnasium``: ``SyncVectorEnv`` of Gymnasium envs (each episode seeded; exact resume).
+    ``envpool``: EnvPool's C++ envs (``pip install envpool``), same preprocessing semantics,
+    seeded once per vector env, so a resumed run starts new episodes."""
+    envpool_threads: int = 1
+    """envpool: worker threads of each actor's EnvPool (0: EnvPool's default, one per
+    sub-env). Actors are already one process each; more threads than cores slow it down."""
     max_episode_steps: int | None = None
     """Override of the env's time limit (episodes end *truncated* there). None: env default."""
     frame_skip: int = 4
@@ -302,6 +307,7 @@ def validate(cfg: ExperimentConfig) -> None:
     e = cfg.env
     _check(bool(e.id), "env.id", e.id, "a Gymnasium environment id")
     _check(e.envs_per_actor >= 1, "env.envs_per_actor", e.envs_per_actor, pos)
+    _check(e.envpool_threads >= 0, "env.envpool_threads", e.envpool_threads, "an integer >= 0")
     _check(e.max_episode_steps is None or e.max_episode_steps > 0, "env.max_episode_steps",
            e.max_episode_steps, "null or an integer > 0")
     _check(e.frame_skip >= 1, "env.frame_skip", e.frame_skip, pos)

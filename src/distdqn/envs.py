@@ -5,7 +5,9 @@
   learning", Nature, Methods: "Preprocessing" and "Training details"; sticky actions
   as in Machado et al. 2018, "Revisiting the Arcade Learning Environment", JAIR).
 - :func:`make_vector_env`: ``num_envs`` copies stepped in-process as one
-  :class:`gymnasium.vector.SyncVectorEnv`, autoreset disabled by default.
+  :class:`gymnasium.vector.SyncVectorEnv`, autoreset disabled by default; or, with
+  ``env.backend: envpool``, one :class:`distdqn.envpool_backend.EnvPoolVectorEnv` with the
+  same interface and Atari semantics.
 - :func:`env_spaces`: observation shape/dtype and number of actions, checked.
 
 Every environment has ``gymnasium.wrappers.RecordEpisodeStatistics`` as its
@@ -31,6 +33,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from distdqn import testing_envs as _testing_envs  # noqa: F401  (registers distdqn/... ids)
 from distdqn.config import EnvConfig
+from distdqn.envpool_backend import EnvPoolVectorEnv
 
 try:
     import ale_py
@@ -183,7 +186,11 @@ def _check_id(env_id: str) -> None:
 
 
 def _check_spaces(env: gymnasium.Env, env_id: str) -> None:
-    act, obs = env.action_space, env.observation_space
+    _check_space_pair(env.observation_space, env.action_space, env_id)
+
+
+def _check_space_pair(obs: spaces.Space, act: spaces.Space, env_id: str) -> None:
+    """Raises :class:`EnvSpecError` unless ``act`` is ``Discrete`` from 0 and ``obs`` a ``Box``."""
     if not isinstance(act, spaces.Discrete) or int(act.start) != 0:
         raise EnvSpecError(
             f"environment {env_id!r} has action space {act}; distdqn needs a Discrete "
@@ -225,7 +232,8 @@ def _make_atari(cfg: EnvConfig) -> gymnasium.Env:
 
 
 def make_env(cfg: EnvConfig) -> gymnasium.Env:
-    """Build one environment for ``cfg.id``.
+    """Build one Gymnasium environment for ``cfg.id`` (``cfg.backend`` is not read: the
+    envpool backend exists only as a vector env, :func:`make_vector_env`).
 
     Non-Atari ids: ``gymnasium.make(cfg.id)`` (``max_episode_steps`` overridden when
     ``cfg.max_episode_steps`` is set), then ``RecordEpisodeStatistics``; observations
@@ -267,8 +275,13 @@ def make_vector_env(
     cfg: EnvConfig,
     num_envs: int,
     autoreset_mode: AutoresetMode = AutoresetMode.DISABLED,
-) -> SyncVectorEnv:
-    """``num_envs`` copies of :func:`make_env` as one in-process ``SyncVectorEnv``.
+) -> SyncVectorEnv | EnvPoolVectorEnv:
+    """``num_envs`` sub-envs of ``cfg.id`` as one vector env, built by ``cfg.backend``.
+
+    ``gymnasium`` (default): ``num_envs`` copies of :func:`make_env` as one in-process
+    ``SyncVectorEnv``. ``envpool``: one :class:`distdqn.envpool_backend.EnvPoolVectorEnv`
+    (EnvPool's C++ environments and thread pool behind the same interface, autoreset
+    disabled only; per-episode seeds are ignored, see that module).
 
     Batched observations have shape ``(num_envs, *obs_shape)``; rewards float64
     ``(num_envs,)``; terminations/truncations bool ``(num_envs,)``. With the default
@@ -278,11 +291,16 @@ def make_vector_env(
     ``AutoresetMode.NEXT_STEP`` / ``SAME_STEP`` give Gymnasium's own autoreset.
 
     Raises:
-        EnvSpecError: as :func:`make_env`.
-        ValueError: ``num_envs < 1``.
+        EnvSpecError: as :func:`make_env`; with ``envpool``, an id EnvPool does not have.
+        ConfigError: ``cfg.backend == "envpool"`` and envpool is not installed.
+        ValueError: ``num_envs < 1``; an autoreset mode other than DISABLED with ``envpool``.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if cfg.backend == "envpool":
+        if autoreset_mode != AutoresetMode.DISABLED:
+            raise ValueError(f"env.backend=envpool supports only AutoresetMode.DISABLED, got {autoreset_mode}")
+        return EnvPoolVectorEnv(cfg, num_envs)
     return SyncVectorEnv(
         [partial(make_env, cfg) for _ in range(num_envs)],
         autoreset_mode=autoreset_mode,
@@ -290,11 +308,17 @@ def make_vector_env(
 
 
 def env_spaces(cfg: EnvConfig) -> EnvSpaces:
-    """Build one env with :func:`make_env`, read and check its spaces, close it.
+    """Build one env with :func:`make_env` (``envpool`` backend: an unstarted
+    :class:`~distdqn.envpool_backend.EnvPoolVectorEnv`), read and check its spaces, close it.
 
     Raises:
         EnvSpecError: unknown id or unsupported spaces.
+        ConfigError: ``cfg.backend == "envpool"`` and envpool is not installed.
     """
+    if cfg.backend == "envpool":
+        venv = EnvPoolVectorEnv(cfg, 1)
+        obs, act = venv.single_observation_space, venv.single_action_space
+        return EnvSpaces(tuple(int(d) for d in obs.shape), np.dtype(obs.dtype), int(act.n))
     env = make_env(cfg)
     try:
         obs, act = env.observation_space, env.action_space

@@ -51,7 +51,8 @@ class Actor:
 
     Sub-envs are reset by the actor itself (Gymnasium ``AutoresetMode.DISABLED``), each
     episode with a seed drawn from the actor's RNG, so an env's state is a function of
-    (episode seed, actions since reset): this is what makes exact resume possible.
+    (episode seed, actions since reset): this is what makes exact resume possible. (With
+    ``env.backend: envpool`` only the first seed is used, see :mod:`distdqn.envpool_backend`.)
 
     Args:
         spec: identity, seed, gamma.
@@ -371,7 +372,9 @@ class Actor:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`, re-creating each sub-env's state by resetting it with its
         episode seed and replaying its actions (exact for envs whose randomness is seeded by
-        ``reset(seed=...)``, which includes classic control and ALE)."""
+        ``reset(seed=...)``, which includes classic control and ALE). With ``env.backend:
+        envpool`` (seeds fixed at creation) everything but the episodes is restored: the
+        open n-step windows are dropped and every sub-env starts a new episode."""
         r = state["rng"]
         bg = self.rng.bit_generator
         st = bg.state
@@ -384,7 +387,8 @@ class Actor:
         self.env_restarts, self._since_sync = int(state["env_restarts"]), int(state["since_sync"])
         self._episode_seed = state["episode_seed"].numpy().copy()
         self._actions = [t.tolist() for t in state["actions"]]
-        for i, env in enumerate(self.envs.envs):
+        sub_envs = getattr(self.envs, "envs", None)  # SyncVectorEnv's own envs; envpool has none
+        for i, env in enumerate(sub_envs or []):
             env.reset(seed=int(self._episode_seed[i]))
             for a in self._actions[i]:
                 env.step(a)
@@ -404,4 +408,17 @@ class Actor:
             frames = fr["pending_frames"].numpy().copy()
             self._pending_frames = [frames] if frames.shape[0] else []
             self._pending_prev = [fr["pending_prev"].numpy().copy()] if frames.shape[0] else []
+        if sub_envs is None:
+            self._start_new_episodes()
+
+    def _start_new_episodes(self) -> None:
+        """After loading a checkpoint into envs that cannot re-create an episode from its seed
+        (``env.backend: envpool``): drop the open n-step windows and start every sub-env anew."""
+        log.warning("actor %d: env.backend=%s cannot replay the checkpointed episodes; starting new ones "
+                    "(exact resume needs env.backend=gymnasium)", self.spec.actor_id, self.env_cfg.backend)
+        self._acc.reset()
+        obs, _ = self.envs.reset(seed=self._new_seeds(np.ones(self.num_envs, dtype=bool)))
+        self._obs = np.array(obs)
+        if self.frame_dedup:
+            self._frame_ids = self._episode_starts(self._obs)
 
