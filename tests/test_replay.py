@@ -402,3 +402,15 @@ def test_state_dict_roundtrip_gives_identical_samples(kind: str) -> None:
 def test_make_replay_builds_both_kinds() -> None:
     assert make_replay(cfg(kind="uniform"), 4, (4,), np.float32, 0).tree is None
     assert isinstance(make_replay(cfg(), 4, (4,), np.float32, 0).tree, SumTree)
+
+
+def test_nbytes_counts_occupied_slots_and_the_tree():
+    cfg = ReplayConfig(capacity=100, min_replay_size=1, samples_per_insert=0)
+    r = make_replay(cfg, 8, (4,), np.float32, seed=0)
+    tree = r.tree.nbytes
+    assert r.nbytes == tree and tree >= 2 * 100 * 8
+    r.insert(make_chunk(0, 10))
+    per = 2 * 4 * 4 + 8 + 4 + 4  # obs + next_obs float32[4], action int64, reward, discount float32
+    assert r.nbytes == tree + 10 * per
+    r.insert(make_chunk(10, 200))  # wraps: at most capacity slots
+    assert r.nbytes == tree + 100 * per

@@ -12,9 +12,9 @@ from typing import Any
 COLUMNS = [
     "env_steps", "env_frames", "updates", "wall_time", "sps", "ups",
     "episode_return", "episode_length", "episodes", "eval_return",
-    "td_loss", "q_mean", "grad_norm", "epsilon", "replay_size", "samples_per_insert",
+    "td_loss", "q_mean", "grad_norm", "epsilon", "replay_size", "replay_bytes", "samples_per_insert",
     "param_version", "param_lag", "beta", "staleness", "dropped_stale_gradients",
-    "actor_restarts", "learner_restarts", "env_restarts",
+    "actor_restarts", "learner_restarts", "replay_restarts", "parameter_server_restarts", "env_restarts",
     "produced", "inserted", "rejected", "dropped",
 ]
 # Wall-clock columns: kept out of the CSV when it must be deterministic (serial runtime).

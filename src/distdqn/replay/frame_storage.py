@@ -149,6 +149,14 @@ class FrameStorage:
         return min(self._inserted, self.capacity)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the occupied slots of the frame ring and the transition ring."""
+        per_frame = self.frames.itemsize * int(np.prod(self.frames.shape[1:])) + self.prev.itemsize
+        per_slot = sum(a.itemsize for a in (self.action, self.reward, self.discount, self.obs_gid, self.next_gid,
+                                            self.oldest, self.alive))
+        return per_frame * min(self._frames_written, self.frame_capacity) + per_slot * self.filled
+
+    @property
     def inserted(self) -> int:
         """Total transitions ever inserted (= the next key)."""
         return self._inserted

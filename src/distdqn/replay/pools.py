@@ -50,6 +50,10 @@ class ReplayPools:
         return sum(len(p) for p in self.pools)
 
     @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pools)
+
+    @property
     def inserted(self) -> int:
         return sum(p.inserted for p in self.pools)
 

@@ -119,6 +119,11 @@ class Replay:
         return len(self.storage)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held: the storage's occupied slots plus the sum tree (allocated whole)."""
+        return self.storage.nbytes + (self.tree.nbytes if self.tree is not None else 0)
+
+    @property
     def inserted(self) -> int:
         """Transitions ever inserted."""
         return self.storage.inserted

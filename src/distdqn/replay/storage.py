@@ -49,6 +49,13 @@ class RingStorage:
 
     # ------------------------------------------------------------------ sizes and keys
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the occupied slots of the arrays (what the storage holds in memory now)."""
+        per_slot = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in
+                       (self.obs, self.next_obs, self.action, self.reward, self.discount))
+        return per_slot * self.filled
+
     def __len__(self) -> int:
         """Transitions currently held: ``min(inserted, capacity)``."""
         return min(self._inserted, self.capacity)

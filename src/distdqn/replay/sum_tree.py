@@ -46,6 +46,12 @@ class SumTree:
 
     # ------------------------------------------------------------------ queries
 
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tree array (``2 * leaves`` float64)."""
+        return int(self._tree.nbytes)
+
     def total(self) -> float:
         """Sum of all leaves (the root), as a Python float."""
         return float(self._tree[1])

@@ -189,7 +189,7 @@ class ShardCore:
     def drain_stats(self) -> dict[str, Any]:
         """Accounting since the last call, plus the shard's gauges."""
         s, self._stats = self._stats, IngestStats()
-        return {"ingest": s, "size": len(self.replay), "samples": self.replay.samples,
+        return {"ingest": s, "size": len(self.replay), "nbytes": self.replay.nbytes, "samples": self.replay.samples,
                 "inserted": self.replay.inserted, "beta": self.replay.beta, "duplicates": self.duplicates}
 
 
@@ -570,12 +570,16 @@ class _ShardsView:
 
     def __init__(self, shards: list[Any]):
         self.shards = shards
-        self.gauges: list[dict[str, Any]] = [{"size": 0, "samples": 0, "inserted": 0, "beta": 0.0}
+        self.gauges: list[dict[str, Any]] = [{"size": 0, "nbytes": 0, "samples": 0, "inserted": 0, "beta": 0.0}
                                              for _ in shards]
         self.pending_state: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(sum(g["size"] for g in self.gauges))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(g["nbytes"] for g in self.gauges))
 
     @property
     def samples(self) -> int:
