@@ -12,6 +12,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from _util import config_with  # noqa: E402
+
 from distdqn.config import from_dict  # noqa: E402
 from distdqn.program import spaces_for  # noqa: E402
 from distdqn.runtime.ray import _init_ray, run_ray  # noqa: E402
@@ -28,16 +30,12 @@ def ray_instance():
         ray.shutdown()
 
 
+BASE = {"runtime": "ray", "progress": False, "seed": 0, "log_period": 0.5,
+        "eval": {"eval_period": 0, "eval_episodes": 5, "target_return": None}}
+
+
 def cfg_of(**over):
-    data = {"runtime": "ray", "progress": False, "seed": 0, "log_period": 0.5,
-            "eval": {"eval_period": 0, "eval_episodes": 5, "target_return": None}}
-    for key, value in over.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return from_dict(data)
+    return config_with(BASE, **over)
 
 
 def run(cfg, tmp_path: Path, name: str = "r", **kw) -> dict:

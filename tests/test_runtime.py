@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _util import config_with
 
 from distdqn.checkpoint import complete_checkpoints, load_checkpoint
 from distdqn.config import ExperimentConfig, from_dict
@@ -32,14 +33,7 @@ SMALL = {
 
 
 def small_cfg(**over) -> ExperimentConfig:
-    data = json.loads(json.dumps(SMALL))
-    for key, value in over.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return from_dict(data)
+    return config_with(SMALL, **over)
 
 
 def run_serial_cfg(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict:

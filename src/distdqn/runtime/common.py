@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -366,6 +366,20 @@ class Coordinator:
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
         self.restored_extra = state.get("extra") or {}
+
+    def tick(self, checkpoint_extra: Callable[[], dict[str, Any]] | None = None) -> str | None:
+        """The end-of-pass duties of the multi-process runtimes: the env-step budget, a due
+        evaluation (stopping at the target return), a due metrics row, a due checkpoint
+        (with ``checkpoint_extra()``). Returns why the run should stop, or None."""
+        if self.c.env_steps >= self.cfg.total_env_steps:
+            return "total_env_steps"
+        if self.eval_due() and self.evaluate():
+            return "target_return"
+        if self.log_due():
+            self.log_row()
+        if self.checkpoint_due():
+            self.checkpoint(checkpoint_extra() if checkpoint_extra is not None else None)
+        return None
 
     # ------------------------------------------------------------------ end
 

@@ -311,16 +311,10 @@ def run_local(
                         else:
                             raise LearnerLostError(f"learner {rank} died; synchronous learners cannot continue "
                                                    "without it (its peers would wait in the collective)")
-            if co.c.env_steps >= cfg.total_env_steps:
-                stop["flag"], stop["reason"] = True, "total_env_steps"
+            reason = co.tick(lambda: {"actor_generations": [h.generation for h in handles]})
+            if reason is not None:
+                stop["flag"], stop["reason"] = True, reason
                 break
-            if co.eval_due() and co.evaluate():
-                stop["flag"], stop["reason"] = True, "target_return"
-                break
-            if co.log_due():
-                co.log_row()
-            if co.checkpoint_due():
-                co.checkpoint({"actor_generations": [h.generation for h in handles]})
             if not progressed:
                 time.sleep(0.0005)
     except (NonFiniteLossError, RunAborted) as exc:

@@ -572,22 +572,16 @@ class _ShardsView:
         self.shards = shards
         self.gauges: list[dict[str, Any]] = [{"size": 0, "nbytes": 0, "samples": 0, "inserted": 0, "beta": 0.0}
                                              for _ in shards]
-        self.pending_state: dict[str, Any] | None = None
+
+    def _total(self, key: str) -> int:
+        return int(sum(g[key] for g in self.gauges))
 
     def __len__(self) -> int:
-        return int(sum(g["size"] for g in self.gauges))
+        return self._total("size")
 
-    @property
-    def nbytes(self) -> int:
-        return int(sum(g["nbytes"] for g in self.gauges))
-
-    @property
-    def samples(self) -> int:
-        return int(sum(g["samples"] for g in self.gauges))
-
-    @property
-    def inserted(self) -> int:
-        return int(sum(g["inserted"] for g in self.gauges))
+    nbytes = property(lambda self: self._total("nbytes"))
+    samples = property(lambda self: self._total("samples"))
+    inserted = property(lambda self: self._total("inserted"))
 
     @property
     def beta(self) -> float:
@@ -893,19 +887,14 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
             time.sleep(max(0.0, POLL_S - (time.perf_counter() - t_poll)))  # the driver stays light
             if on_poll is not None:
                 on_poll(co, roles)
-            if co.c.env_steps >= cfg.total_env_steps:
-                stop["flag"], stop["reason"] = True, "total_env_steps"
+            try:
+                reason = co.tick()
+            except _LOST_ERRORS as exc:  # a role is being restarted: checkpoint on a later pass
+                log.warning("checkpoint postponed: %s", type(exc).__name__)
+                continue
+            if reason is not None:
+                stop["flag"], stop["reason"] = True, reason
                 break
-            if co.eval_due() and co.evaluate():
-                stop["flag"], stop["reason"] = True, "target_return"
-                break
-            if co.log_due():
-                co.log_row()
-            if co.checkpoint_due():
-                try:
-                    co.checkpoint()
-                except _LOST_ERRORS as exc:  # a role is being restarted: try again next pass
-                    log.warning("checkpoint postponed: %s", type(exc).__name__)
     except (NonFiniteLossError, RunAborted) as exc:
         error, stop["reason"] = exc, f"error: {exc}"
     except KeyboardInterrupt:

@@ -1,0 +1,20 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from distdqn.config import ExperimentConfig, from_dict
+
+
+def config_with(base: dict[str, Any], **dotted: Any) -> ExperimentConfig:
+    """``base`` (nested config data) with ``section.key=value`` changes, validated."""
+    data = copy.deepcopy(base)
+    for key, value in dotted.items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(data)
