@@ -477,3 +477,21 @@ def test_learner_mixed_precision_learns_finite():
     assert np.isfinite(out.metrics["td_loss"]) and out.td_abs.dtype == np.float32 and out.td_abs.shape == (b,)
     after = learner.get_params()
     assert after.dtype == np.float32 and not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_evaluator_plays_whole_games_despite_episodic_life(backend) -> None:
+    """Training ends an episode at a lost life; evaluation must play the whole game (and
+    only report real game ends)."""
+    if backend == "envpool":
+        pytest.importorskip("envpool")
+    from distdqn.config import EnvConfig
+
+    env = EnvConfig(id="ALE/Breakout-v5", envs_per_actor=1, episodic_life=True, max_episode_steps=400,
+                    backend=backend)
+    spaces = spaces_for(ExperimentConfig(env=env))
+    net = make_network(NetworkConfig(), spaces.obs_shape, spaces.num_actions)
+    ev = Evaluator(env, net, seed=0, epsilon=1.0)  # random play: lives are lost within 400 steps
+    returns = ev.evaluate(flat_params(net), 2)
+    ev.close()
+    assert returns.shape == (2,) and np.all(returns >= 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -25,7 +27,9 @@ class Evaluator:
     """
 
     def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20):
-        self.env_cfg, self.net, self.seed, self.epsilon = env_cfg, network, seed, epsilon
+        # Whole games: a lost life ends a training episode (episodic_life), never an evaluation.
+        self.env_cfg = dataclasses.replace(env_cfg, episodic_life=False)
+        self.net, self.seed, self.epsilon = network, seed, epsilon
         self.net.eval()
         self.max_parallel = max_parallel
         self.evaluations = 0
