@@ -262,7 +262,6 @@ class ParameterServerRole:
         self.ps = build_parameter_server(cfg, spaces)
         self.incarnation = _incarnation()
         self._ref: tuple[int, Any] | None = None
-        self._target_ref: tuple[int, Any] | None = None
         self._staleness: list[int] = []
 
     def _params_ref(self) -> tuple[int, Any]:
@@ -270,12 +269,6 @@ class ParameterServerRole:
         if self._ref is None or self._ref[0] != v:
             self._ref = (v, self._ray.put(self.ps.get_params()[1]))  # once per version
         return self._ref
-
-    def _target(self) -> tuple[int, Any]:
-        v = self.ps.target_version
-        if self._target_ref is None or self._target_ref[0] != v:
-            self._target_ref = (v, self._ray.put(self.ps.get_target()[1]))
-        return self._target_ref
 
     def get_ref(self, incarnation: int, newer_than: int) -> tuple[int, int, list[Any]] | None:
         """``(incarnation, version, [ref])`` when the caller's version is older (or from an
@@ -292,18 +285,22 @@ class ParameterServerRole:
     def push_gradients(self, grads: np.ndarray, incarnation: int, based_on: int,
                        target_version: int) -> dict[str, Any]:
         """Gorila: apply a gradient computed on ``based_on`` (dropped when it was computed
-        on an earlier incarnation's parameters), answer with the newer parameters and target."""
+        on an earlier incarnation's parameters), answer with the newer parameters and target.
+
+        The answer carries the arrays themselves, not object references: the pushing learner
+        needs them at once, and a put plus a fetch per gradient cost more than the copy in
+        the reply (only actors, which share a version, get it through the object store)."""
         if incarnation == self.incarnation:
             result = self.ps.apply_gradients(grads, based_on)
             self._staleness.append(int(result.staleness))
             applied = result.applied
         else:
             applied = False
-        v, ref = self._params_ref()
-        out: dict[str, Any] = {"applied": applied, "incarnation": self.incarnation, "version": v, "params": [ref]}
-        tv, tref = self._target()
+        v, flat = self.ps.get_params()
+        out: dict[str, Any] = {"applied": applied, "incarnation": self.incarnation, "version": v, "params": flat}
+        tv = self.ps.target_version
         if tv != target_version or incarnation != self.incarnation:
-            out["target_version"], out["target"] = tv, [tref]
+            out["target_version"], out["target"] = tv, self.ps.get_target()[1]
         return out
 
     def get_params(self) -> tuple[int, np.ndarray]:
@@ -322,7 +319,7 @@ class ParameterServerRole:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ps.load_state_dict(state)
-        self._ref = self._target_ref = None
+        self._ref = None
 
 
 # ============================================================================ actor
@@ -524,10 +521,10 @@ class LearnerRole:
                                                           self._target_version))
             self.pushed += 1
             if reply["version"] != self._version or reply["incarnation"] != self._ps_incarnation:
-                self.learner.set_params(ray.get(reply["params"][0]))
+                self.learner.set_params(reply["params"])
                 self._version, self._ps_incarnation = reply["version"], reply["incarnation"]
             if "target" in reply:
-                self.learner.set_target_params(ray.get(reply["target"][0]))
+                self.learner.set_target_params(reply["target"])
                 self._target_version = reply["target_version"]
         except _LOST_ERRORS:  # the parameter server is being restarted: this gradient is lost
             time.sleep(0.2)
