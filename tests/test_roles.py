@@ -495,3 +495,29 @@ def test_evaluator_plays_whole_games_despite_episodic_life(backend) -> None:
     returns = ev.evaluate(flat_params(net), 2)
     ev.close()
     assert returns.shape == (2,) and np.all(returns >= 0)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "distdqn/StackedFrames-v0"])
+def test_actor_priorities_reuse_acting_q_values(env_id) -> None:
+    """Ape-X initial priorities from the acting Q(s, a) plus one forward pass over the next
+    observations equal the two-pass computation while the parameters do not change."""
+    cfg = ExperimentConfig(env=replace(ExperimentConfig(), **{"env.id": env_id}).env)
+    spaces = spaces_for(cfg)
+    actor = build_actor(cfg, spaces, 0)
+    actor.maybe_sync(lambda v: (0, flat_params(actor.net)))
+    assert actor.spec.compute_priorities
+    chunks, ended = [], 0
+    while len(chunks) < 6:
+        chunk = actor.step()
+        if chunk is not None:
+            chunks.append(chunk)
+            ended += int((chunk.discount == 0).sum())
+    for chunk in chunks:
+        if chunk.obs is None:  # frame-deduplicated: priorities were taken before compacting
+            continue
+        full = actor.initial_priorities(chunk)
+        assert np.allclose(chunk.priority, full, atol=1e-5), (chunk.priority, full)
+    assert all(c.priority is not None and np.isfinite(c.priority).all() for c in chunks)
+    if env_id == "CartPole-v1":
+        assert ended > 0  # terminated transitions (no bootstrap) were among them
+    actor.close()

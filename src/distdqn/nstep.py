@@ -40,6 +40,10 @@ class NStepAccumulator:
         autoreset_next_step: the vector env uses NEXT_STEP autoreset (see module doc).
         track_ids: also carry an int64 id per observation (``obs_id`` / ``next_obs_id`` of
             :meth:`add`); :meth:`pop` then returns 7 columns.
+        track_q: also carry each step's acting value Q(s_t, a_t) (``q_sa`` of :meth:`add`);
+            :meth:`pop` then returns it as the last column (float32), the value of each
+            transition's first step (for Ape-X initial priorities without a second forward
+            pass over ``obs``).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class NStepAccumulator:
         obs_dtype: np.dtype,
         autoreset_next_step: bool = False,
         track_ids: bool = False,
+        track_q: bool = False,
     ):
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
@@ -68,6 +73,7 @@ class NStepAccumulator:
         self._full_disc = np.full(num_envs, gamma**n_step)
         self.track_ids = track_ids
         self._ids = np.zeros((n_step, num_envs), dtype=np.int64) if track_ids else None
+        self._qsa = np.zeros((n_step, num_envs), dtype=np.float32) if track_q else None
         self._out: list[tuple[np.ndarray, ...]] = []
         self._pending = 0
 
@@ -86,6 +92,7 @@ class NStepAccumulator:
         valid: np.ndarray | None = None,
         obs_id: np.ndarray | None = None,
         next_obs_id: np.ndarray | None = None,
+        q_sa: np.ndarray | None = None,
     ) -> None:
         """Record one vector step.
 
@@ -101,6 +108,7 @@ class NStepAccumulator:
                 ``autoreset_next_step``).
             obs_id, next_obs_id: ``[E]`` int64 ids of ``obs`` / ``next_obs``; required
                 with ``track_ids``, ignored otherwise.
+            q_sa: ``[E]`` Q(obs, action) of the acting network; required with ``track_q``.
         """
         done = np.logical_or(terminated, truncated)
         n, t = self.n, self._t
@@ -108,6 +116,11 @@ class NStepAccumulator:
         self._obs[slot] = obs
         self._act[slot] = action
         self._rew[slot] = reward
+        qsa = self._qsa
+        if qsa is not None:
+            if q_sa is None:
+                raise ValueError("NStepAccumulator(track_q=True).add needs q_sa")
+            qsa[slot] = q_sa
         ids = self._ids
         if ids is not None:
             if obs_id is None or next_obs_id is None:
@@ -133,10 +146,12 @@ class NStepAccumulator:
             ret = self._rot_gammas[first] @ (self._rew if nfull == self.num_envs else self._rew[:, full])
             if nfull == self.num_envs:
                 self._emit(self._obs[first], self._act[first], ret, self._full_disc, next_obs,
-                           None if ids is None else (ids[first], next_obs_id))
+                           None if ids is None else (ids[first], next_obs_id),
+                           None if qsa is None else qsa[first])
             else:
                 self._emit(self._obs[first, full], self._act[first, full], ret, self._full_disc[:nfull],
-                           next_obs[full], None if ids is None else (ids[first, full], next_obs_id[full]))
+                           next_obs[full], None if ids is None else (ids[first, full], next_obs_id[full]),
+                           None if qsa is None else qsa[first, full])
         for i in np.flatnonzero(done):
             length = int(self._count[i])
             slots = (t - length + 1 + np.arange(length)) % n
@@ -154,21 +169,24 @@ class NStepAccumulator:
                 disc,
                 np.repeat(next_obs[i][None], length, axis=0),
                 None if ids is None else (ids[slots, i], np.full(length, next_obs_id[i], dtype=np.int64)),
+                None if qsa is None else qsa[slots, i],
             )
             self._count[i] = 0
         self._t = t + 1
 
-    def _emit(self, obs, act, ret, disc, next_obs, ids=None) -> None:
+    def _emit(self, obs, act, ret, disc, next_obs, ids=None, qsa=None) -> None:
         cols = (obs.copy(), act.copy(), ret.astype(np.float32), disc.astype(np.float32), next_obs.copy())
         if ids is not None:
             cols += (np.array(ids[0], dtype=np.int64), np.array(ids[1], dtype=np.int64))
+        if qsa is not None:
+            cols += (np.array(qsa, dtype=np.float32),)
         self._out.append(cols)
         self._pending += len(act)
 
     def pop(self) -> tuple[np.ndarray, ...] | None:
         """All emitted transitions as ``(obs, action, reward, discount, next_obs)``
-        arrays with leading dim T (plus ``obs_id, next_obs_id`` with ``track_ids``), or None
-        if there are none."""
+        arrays with leading dim T (plus ``obs_id, next_obs_id`` with ``track_ids``, then
+        ``q_sa`` with ``track_q``), or None if there are none."""
         if not self._out:
             return None
         cols = tuple(np.concatenate(c, axis=0) for c in zip(*self._out))
@@ -200,6 +218,8 @@ class NStepAccumulator:
         }
         if self._ids is not None:
             state["ids"] = torch.from_numpy(self._ids.copy())
+        if self._qsa is not None:
+            state["qsa"] = torch.from_numpy(self._qsa.copy())
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -211,6 +231,8 @@ class NStepAccumulator:
         self._t = int(state["t"])
         if self._ids is not None:
             self._ids[...] = state["ids"].numpy()
+        if self._qsa is not None and "qsa" in state:
+            self._qsa[...] = state["qsa"].numpy()
         self._out.clear()
         self._pending = 0
         if state["pending"]:

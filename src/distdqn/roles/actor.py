@@ -118,7 +118,7 @@ class Actor:
         mask = np.ones(self.num_envs, dtype=bool)
         obs, _ = self.envs.reset(seed=self._new_seeds(mask))
         acc = NStepAccumulator(self.num_envs, self.cfg.n_step, self.spec.gamma, self.obs_shape, self.obs_dtype,
-                               track_ids=self.frame_dedup)
+                               track_ids=self.frame_dedup, track_q=self.spec.compute_priorities)
         obs = np.array(obs)
         if self.frame_dedup:
             self._frame_ids = self._episode_starts(obs)
@@ -196,6 +196,7 @@ class Actor:
         with torch.inference_mode():
             q = self.net(torch.from_numpy(obs))
         greedy = q.argmax(dim=1).numpy()
+        self._q = q
         # One uniform draw per env decides both: explore if u < eps, and then u / eps is
         # itself uniform on [0, 1), which picks the random action.
         eps = self.epsilons()
@@ -206,6 +207,13 @@ class Actor:
         random_actions = np.minimum((u / np.maximum(eps, 1e-12) * self.num_actions).astype(np.int64),
                                     self.num_actions - 1)
         return np.where(explore, random_actions, greedy).astype(np.int64)
+
+    def _acting_q_sa(self, actions: np.ndarray) -> np.ndarray | None:
+        """``[E]`` float32 Q(obs, action) from the forward pass that chose ``actions`` (kept
+        for the initial priorities), or None when priorities are not computed."""
+        if not self.spec.compute_priorities:
+            return None
+        return self._q.gather(1, torch.from_numpy(actions).unsqueeze(1)).squeeze(1).numpy().astype(np.float32)
 
     def set_params(self, version: int, flat: np.ndarray) -> None:
         """Load a newer flat parameter vector (layout of :func:`distdqn.core.flat_params`)."""
@@ -254,10 +262,11 @@ class Actor:
         if self.frame_dedup:
             next_ids = self._step_frames(obs, next_obs)
             self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
-                          obs_id=self._frame_ids, next_obs_id=next_ids)
+                          obs_id=self._frame_ids, next_obs_id=next_ids, q_sa=self._acting_q_sa(actions))
             self._frame_ids = next_ids
         else:
-            self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated)
+            self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
+                          q_sa=self._acting_q_sa(actions))
         done = np.logical_or(terminated, truncated)
         if done.any():
             self._record_episodes(info, done)
@@ -304,7 +313,7 @@ class Actor:
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
         if self.spec.compute_priorities:
-            chunk.priority = self.initial_priorities(chunk)  # needs the whole stacks
+            chunk.priority = self.initial_priorities(chunk, q_sa=cols[-1])  # needs the whole next stacks
         if self.frame_dedup:
             frames, prev, start = self._take_frames()
             chunk.frames = FrameBlock(frames=frames, prev=prev, start=start, stream=self.frame_stream)
@@ -312,19 +321,32 @@ class Actor:
             chunk.obs = chunk.next_obs = None  # frames, not stacks
         return chunk
 
-    def initial_priorities(self, chunk: TransitionChunk) -> np.ndarray:
+    def initial_priorities(self, chunk: TransitionChunk, q_sa: np.ndarray | None = None) -> np.ndarray:
         """``[T]`` float32 |R + gamma^n max_a Q(s', a) - Q(s, a)| with the actor's own
         network (Ape-X, Horgan et al. 2018, sec. 3: actors compute initial priorities).
-        Needs a chunk with whole observations (the actor computes them before compacting)."""
+
+        ``q_sa``: ``[T]`` Q(s, a) as computed when acting (Ape-X reuses the acting values);
+        then only the next observations of transitions that bootstrap (discount > 0) are
+        evaluated, else both ``obs`` and ``next_obs``. Needs a chunk with whole observations
+        (the actor computes them before compacting).
+        """
         if chunk.obs is None or chunk.next_obs is None:
             raise ValueError("initial_priorities needs a chunk with whole observations, not a compact one")
-        with torch.inference_mode():
-            both = torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0))
-            q = self.net(both)
         t = len(chunk)
-        q_sa = q[:t].gather(1, torch.from_numpy(chunk.action).unsqueeze(1)).squeeze(1)
-        target = torch.from_numpy(chunk.reward) + torch.from_numpy(chunk.discount) * q[t:].max(dim=1).values
-        return (target - q_sa).abs().numpy().astype(np.float32)
+        reward = torch.from_numpy(chunk.reward)
+        discount = torch.from_numpy(chunk.discount)
+        with torch.inference_mode():
+            if q_sa is None:
+                q = self.net(torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0)))
+                q_taken = q[:t].gather(1, torch.from_numpy(chunk.action).unsqueeze(1)).squeeze(1)
+                next_max = q[t:].max(dim=1).values
+            else:
+                q_taken = torch.from_numpy(np.asarray(q_sa, dtype=np.float32))
+                next_max = torch.zeros(t)
+                boot = np.flatnonzero(chunk.discount > 0)
+                if boot.size:
+                    next_max[torch.from_numpy(boot)] = self.net(torch.from_numpy(chunk.next_obs[boot])).max(dim=1).values
+        return (reward + discount * next_max - q_taken).abs().numpy().astype(np.float32)
 
     def flush(self) -> TransitionChunk | None:
         """Whatever complete transitions are pending, as a chunk (or None)."""
