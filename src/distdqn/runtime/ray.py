@@ -443,6 +443,7 @@ class LearnerRole:
         self._started = False
         self._stop = threading.Event()
         self._ps_incarnation, self._version, self._target_version = -1, -1, -1
+        self._push: Any = None  # gorila: the gradient push in flight
         n = len(shards)
         self._masses, self._sizes = np.ones(n), np.zeros(n)
         # new priorities wait here and travel with the next sample request to their shard
@@ -505,7 +506,6 @@ class LearnerRole:
             self._prio[j] = []
 
     def _step(self, j: int, batch: SampledBatch) -> None:
-        ray = self._ray
         if not self.gorila:
             out = self.learner.learn(batch)
             self._note_priorities(j, batch.keys, out.td_abs)
@@ -513,21 +513,33 @@ class LearnerRole:
                 self.ps.publish.remote(self.learner.get_params())
             self.metrics = out.metrics
             return
-        out = self.learner.compute_gradients(batch)
+        based_on = self._version
+        out = self.learner.compute_gradients(batch)  # overlaps the previous push's round trip
         self._note_priorities(j, batch.keys, out.td_abs)
         self.metrics = out.metrics
+        self._settle_push()
+        self._push = self.ps.push_gradients.remote(out.grads.numpy(), self._ps_incarnation, based_on,
+                                                   self._target_version)
+
+    def _settle_push(self) -> None:
+        """Gorila: wait for the gradient pushed last and take the parameters it answers with.
+        One push stays in flight while the next gradient is computed, so a gradient is based
+        on parameters at least one version old (the server's staleness rule applies)."""
+        if self._push is None:
+            return
+        ref, self._push = self._push, None
         try:
-            reply = ray.get(self.ps.push_gradients.remote(out.grads.numpy(), self._ps_incarnation, self._version,
-                                                          self._target_version))
-            self.pushed += 1
-            if reply["version"] != self._version or reply["incarnation"] != self._ps_incarnation:
-                self.learner.set_params(reply["params"])
-                self._version, self._ps_incarnation = reply["version"], reply["incarnation"]
-            if "target" in reply:
-                self.learner.set_target_params(reply["target"])
-                self._target_version = reply["target_version"]
+            reply = self._ray.get(ref)
         except _LOST_ERRORS:  # the parameter server is being restarted: this gradient is lost
             time.sleep(0.2)
+            return
+        self.pushed += 1
+        if reply["version"] != self._version or reply["incarnation"] != self._ps_incarnation:
+            self.learner.set_params(reply["params"])
+            self._version, self._ps_incarnation = reply["version"], reply["incarnation"]
+        if "target" in reply:
+            self.learner.set_target_params(reply["target"])
+            self._target_version = reply["target_version"]
 
     def _run(self) -> None:
         pending: collections.deque = collections.deque()
