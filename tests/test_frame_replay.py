@@ -9,12 +9,12 @@ so a few hundred steps cross many episode ends and wrap both rings several times
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _util import torch_roundtrip
 import torch
 
 from distdqn.config import ExperimentConfig, ReplayConfig, replace
@@ -328,11 +328,7 @@ def test_hand_made_chunks_padding_gaps_and_overwritten_frames() -> None:
 # ----------------------------------------------------------------------------- checkpoints, NaN checks
 
 
-def _roundtrip(obj):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+_roundtrip = torch_roundtrip
 
 
 @pytest.mark.parametrize("kind", ["uniform", "prioritized"])

@@ -8,7 +8,6 @@ the episode, reward of step k = k + 1), independent of the accumulator's ring lo
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 
 import gymnasium
 import numpy as np

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from _util import torch_roundtrip
 import torch
 
 from distdqn.config import ConfigError, ReplayConfig
@@ -361,11 +362,7 @@ def test_replay_can_insert_and_can_sample_delegate() -> None:
 # ----------------------------------------------------------------------------- checkpointing
 
 
-def _roundtrip(obj: object) -> dict:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+_roundtrip = torch_roundtrip
 
 
 @pytest.mark.parametrize("kind", ["prioritized", "uniform"])

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml, to_dict
+from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml
 
 
 def _fail(msg: str, code: int = 2) -> int:

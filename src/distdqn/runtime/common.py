@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,6 +32,34 @@ from distdqn.program import build_evaluator, build_parameter_server, build_repla
 from distdqn.runtime.updaters import make_updater
 
 log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Whether and why a multi-process run should stop: set by the loop (:meth:`set`) or by
+    SIGINT/SIGTERM while :meth:`install` is in effect (a second SIGINT raises
+    ``KeyboardInterrupt`` to stop at once). :meth:`restore` puts the old handlers back."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.reason: str | None = None
+        self._old: tuple[Any, Any] | None = None
+
+    def set(self, reason: str) -> None:
+        self.flag, self.reason = True, reason
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.set(signal.Signals(signum).name)
+
+    def install(self) -> None:
+        self._old = (signal.signal(signal.SIGINT, self._on_signal), signal.signal(signal.SIGTERM, self._on_signal))
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old[0])
+            signal.signal(signal.SIGTERM, self._old[1])
+            self._old = None
 
 
 class RunAborted(RuntimeError):

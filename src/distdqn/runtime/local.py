@@ -42,7 +42,7 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor
-from distdqn.runtime.common import Coordinator, RunAborted
+from distdqn.runtime.common import Coordinator, RunAborted, StopRequest
 from distdqn.runtime.learner_procs import RemoteLearners
 
 log = logging.getLogger(__name__)
@@ -229,15 +229,8 @@ def run_local(
         writer.close()  # only the actor holds the write end: its exit means EOF for us
         attach(h, reader, h.proc)
 
-    stop = {"flag": False, "reason": None}
-
-    def on_signal(signum, _frame):
-        if stop["flag"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        stop["flag"], stop["reason"] = True, signal.Signals(signum).name
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    stop = StopRequest()
+    stop.install()
     error: BaseException | None = None
     chunk_size = cfg.actor.chunk_size
     try:
@@ -249,7 +242,7 @@ def run_local(
         next_supervise = time.perf_counter()
         restart_times: collections.deque[float] = collections.deque()
         rr = 0
-        while not stop["flag"]:
+        while not stop.flag:
             progressed = False
             # 1. experience in, as far as the rate limiter allows
             for k in range(len(handles)):
@@ -283,7 +276,7 @@ def run_local(
             if now >= next_supervise:
                 next_supervise = now + 0.2
                 for h in handles if not cfg.colocate else []:
-                    if not h.proc.is_alive() and not stop["flag"]:
+                    if not h.proc.is_alive() and not stop.flag:
                         restart_times.append(now)
                         while restart_times and restart_times[0] < now - CRASH_LOOP_WINDOW_S:
                             restart_times.popleft()
@@ -313,24 +306,23 @@ def run_local(
                                                    "without it (its peers would wait in the collective)")
             reason = co.tick(lambda: {"actor_generations": [h.generation for h in handles]})
             if reason is not None:
-                stop["flag"], stop["reason"] = True, reason
+                stop.set(reason)
                 break
             if not progressed:
                 time.sleep(0.0005)
     except (NonFiniteLossError, RunAborted) as exc:
-        error, stop["reason"] = exc, f"error: {exc}"
+        error, stop.reason = exc, f"error: {exc}"
     except KeyboardInterrupt:
-        stop["reason"] = "interrupted"
+        stop.reason = "interrupted"
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        stop.restore()
         if remote is not None:
             remote.stop()
             for reply in remote.results():
                 if "error" not in reply:
                     _handle_reply(reply, co, shared, target_shared)
         _shutdown(handles, stop_event, halt, co)
-    co.stop_reason = stop["reason"]
+    co.stop_reason = stop.reason
     co.checkpoint({"actor_generations": [h.generation for h in handles]})
     if error is None and co.stop_reason != "target_return":
         co.evaluate()

@@ -46,7 +46,6 @@ import asyncio
 import collections
 import logging
 import os
-import signal
 import threading
 import time
 import warnings
@@ -61,7 +60,7 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError, SampledBatch, TransitionChunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, build_learner, build_parameter_server, build_replay
-from distdqn.runtime.common import Coordinator, IngestStats, RemoteParts, RunAborted, ingest_chunk
+from distdqn.runtime.common import Coordinator, IngestStats, RemoteParts, RunAborted, StopRequest, ingest_chunk
 
 log = logging.getLogger(__name__)
 
@@ -807,15 +806,8 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
            ps_view: _PSView, learners_view: _LearnersView, on_poll: Any) -> dict[str, Any]:
     import ray
 
-    stop = {"flag": False, "reason": None}
-
-    def on_signal(signum, _frame):
-        if stop["flag"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop["flag"], stop["reason"] = True, signal.Signals(signum).name
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    stop = StopRequest()
+    stop.install()
     error: BaseException | None = None
     by_kind = collections.defaultdict(list)
     for r in roles:
@@ -890,7 +882,7 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
         co.remote_updates = learners_view.updates
 
     try:
-        while not stop["flag"]:
+        while not stop.flag:
             t_poll = time.perf_counter()
             poll(POLL_S)
             time.sleep(max(0.0, POLL_S - (time.perf_counter() - t_poll)))  # the driver stays light
@@ -902,15 +894,14 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
                 log.warning("checkpoint postponed: %s", type(exc).__name__)
                 continue
             if reason is not None:
-                stop["flag"], stop["reason"] = True, reason
+                stop.set(reason)
                 break
     except (NonFiniteLossError, RunAborted) as exc:
-        error, stop["reason"] = exc, f"error: {exc}"
+        error, stop.reason = exc, f"error: {exc}"
     except KeyboardInterrupt:
-        stop["reason"] = "interrupted"
+        stop.reason = "interrupted"
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        stop.restore()
     # Actors first told to halt (so they produce no more), then actors and shards stopped
     # together (inserts waiting in a shard return as "dropped", so no actor stays
     # blocked), then the learners.
@@ -923,7 +914,7 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
         poll(5.0)  # the last accounting
     except RunAborted:
         pass
-    co.stop_reason = stop["reason"]
+    co.stop_reason = stop.reason
     try:
         co.checkpoint()
         if error is None and co.stop_reason != "target_return":
