@@ -58,6 +58,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         _data_parallel(rank, out_dir)
         _hand_built(rank, out_dir)
+        # Both ranks past their last collective before either tears gloo down: a rank that
+        # destroys its group while the peer's gloo thread still waits on it can abort the
+        # peer ("terminate called without an active exception", seen once in CI).
+        torch.distributed.barrier()
     finally:
         collective.destroy_process_group()
 
