@@ -497,11 +497,13 @@ def test_evaluator_plays_whole_games_despite_episodic_life(backend) -> None:
     assert returns.shape == (2,) and np.all(returns >= 0)
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "distdqn/StackedFrames-v0"])
-def test_actor_priorities_reuse_acting_q_values(env_id) -> None:
-    """Ape-X initial priorities from the acting Q(s, a) plus one forward pass over the next
-    observations equal the two-pass computation while the parameters do not change."""
-    cfg = ExperimentConfig(env=replace(ExperimentConfig(), **{"env.id": env_id}).env)
+@pytest.mark.parametrize("env_id, max_steps", [("CartPole-v1", None), ("CartPole-v1", 6),
+                                                ("distdqn/StackedFrames-v0", None)])
+def test_actor_priorities_reuse_acting_q_values(env_id, max_steps) -> None:
+    """Ape-X initial priorities taken from the acting passes (Q(s, a) when acting in s,
+    V(s') when acting in s' next, a forward pass only for truncated final observations)
+    equal the two-pass computation while the parameters do not change."""
+    cfg = ExperimentConfig(env=replace(ExperimentConfig(), **{"env.id": env_id, "env.max_episode_steps": max_steps}).env)
     spaces = spaces_for(cfg)
     actor = build_actor(cfg, spaces, 0)
     actor.maybe_sync(lambda v: (0, flat_params(actor.net)))
@@ -512,12 +514,22 @@ def test_actor_priorities_reuse_acting_q_values(env_id) -> None:
         if chunk is not None:
             chunks.append(chunk)
             ended += int((chunk.discount == 0).sum())
+    while actor._acc.num_staged == 0:  # leave staged transitions for flush to complete
+        chunk = actor.step()
+        if chunk is not None:
+            chunks.append(chunk)
+    chunks.append(actor.flush())
+    assert actor._acc.num_staged == 0 and len(actor._acc) == 0
+    if max_steps is not None:
+        # windows cut short by truncation bootstrap with gamma^m, m < n
+        assert any((c.discount > actor.spec.gamma ** actor.cfg.n_step + 1e-6).any()
+                   for c in chunks)
     for chunk in chunks:
         if chunk.obs is None:  # frame-deduplicated: priorities were taken before compacting
             continue
         full = actor.initial_priorities(chunk)
         assert np.allclose(chunk.priority, full, atol=1e-5), (chunk.priority, full)
     assert all(c.priority is not None and np.isfinite(c.priority).all() for c in chunks)
-    if env_id == "CartPole-v1":
+    if env_id == "CartPole-v1" and max_steps is None:
         assert ended > 0  # terminated transitions (no bootstrap) were among them
     actor.close()

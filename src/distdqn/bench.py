@@ -6,7 +6,8 @@ Rows (see ``benchmarks/README.md`` for the reasoning behind each ceiling):
 (a) Collection: env steps/s of the local runtime with the learner idle
     (``run_local(..., collect_only=True)``), steady state read from ``metrics.csv`` after
     warm-up, against N bare processes each stepping the same vector env with a batched
-    forward pass of the same network. Target ratio >= 0.8.
+    forward pass of the same network, run the way the actors run it (a TorchScript trace
+    unless ``actor.trace_network`` is off). Target ratio >= 0.8.
 (b) Learning: updates/s of the learner's own step (replay sample -> learn -> priority
     update -> parameter publication) on a full replay, against a bare PyTorch loop doing
     the same double-DQN update on in-memory random batches. Target ratio >= 0.8.
@@ -55,6 +56,7 @@ from distdqn.core import NonFiniteLossError, TransitionChunk
 from distdqn.envs import EnvSpaces, EnvSpecError, is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons
 from distdqn.losses import n_step_double_dqn_targets, td_loss
+from distdqn.networks import trace_for_inference
 from distdqn.program import build_network, frame_dedup_enabled, spaces_for
 from distdqn.roles.learner import make_optimizer, resolve_device
 
@@ -297,6 +299,8 @@ def bare_collector(
     eps = _steady_epsilons(cfg, actor_id)
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31 - 1, size=n)])
     obs = np.asarray(obs)
+    if cfg.actor.trace_network:  # the forward pass the actors use
+        net = trace_for_inference(net, torch.from_numpy(obs))
 
     def step() -> None:
         nonlocal obs

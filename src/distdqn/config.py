@@ -131,6 +131,9 @@ class ActorConfig:
     """Actor steps (vector steps) between checks for newer parameters."""
     chunk_size: int = 64
     """Transitions per chunk sent to replay."""
+    trace_network: bool = True
+    """Act with a TorchScript trace of the Q-network (``torch.jit.trace``; the same function
+    and parameters, less per-operator overhead). ``false``: act with the eager module."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from distdqn.config import ActorConfig, EnvConfig
 from distdqn.core import FrameBlock, TransitionChunk, flat_params, load_flat_params
 from distdqn.envs import is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons, linear_epsilon
+from distdqn.networks import trace_for_inference
 from distdqn.nstep import NStepAccumulator
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Actor:
         if self.frame_dedup and len(self.obs_shape) < 2:
             raise ValueError(f"frame_dedup needs stacked-frame observations, got shape {self.obs_shape}")
         self._obs, self._acc = self._reset_all()
+        # The acting passes go through `policy`: a trace of `net` sharing its parameters.
+        self.policy = trace_for_inference(self.net, torch.from_numpy(self._obs)) if cfg.trace_network else self.net
         self._episode_returns: list[float] = []
         self._episode_lengths: list[int] = []
         self._chunk_env_steps = 0
@@ -194,8 +197,8 @@ class Actor:
     def select_actions(self, obs: np.ndarray) -> np.ndarray:
         """Epsilon-greedy actions ``[E]`` int64 from one batched forward pass."""
         with torch.inference_mode():
-            q = self.net(torch.from_numpy(obs))
-        greedy = q.argmax(dim=1).numpy()
+            q = self.policy(torch.from_numpy(obs)).numpy()
+        greedy = q.argmax(axis=1)
         self._q = q
         # One uniform draw per env decides both: explore if u < eps, and then u / eps is
         # itself uniform on [0, 1), which picks the random action.
@@ -208,12 +211,28 @@ class Actor:
                                     self.num_actions - 1)
         return np.where(explore, random_actions, greedy).astype(np.int64)
 
-    def _acting_q_sa(self, actions: np.ndarray) -> np.ndarray | None:
-        """``[E]`` float32 Q(obs, action) from the forward pass that chose ``actions`` (kept
-        for the initial priorities), or None when priorities are not computed."""
+    def _acting_values(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+        """For the initial priorities, from the forward pass that chose ``actions``: ``q_sa``
+        ``[E]`` float32 Q(obs, action) and ``v_obs`` ``[E]`` max_a Q(obs, a); empty when
+        priorities are not computed."""
         if not self.spec.compute_priorities:
-            return None
-        return self._q.gather(1, torch.from_numpy(actions).unsqueeze(1)).squeeze(1).numpy().astype(np.float32)
+            return {}
+        q = self._q
+        return {"q_sa": q[np.arange(len(actions)), actions], "v_obs": q.max(axis=1)}
+
+    def _final_values(self, next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> dict:
+        """``v_final``: max_a Q of the final observations of truncated (not terminated)
+        episodes, the only bootstrap values no acting pass will compute; one forward pass
+        over just those, and only when there are any."""
+        if not self.spec.compute_priorities:
+            return {}
+        cut = np.logical_and(truncated, np.logical_not(terminated))
+        if not cut.any():
+            return {}
+        v = np.zeros(self.num_envs, dtype=np.float32)
+        with torch.inference_mode():
+            v[cut] = self.policy(torch.from_numpy(np.ascontiguousarray(next_obs[cut]))).max(dim=1).values.numpy()
+        return {"v_final": v}
 
     def set_params(self, version: int, flat: np.ndarray) -> None:
         """Load a newer flat parameter vector (layout of :func:`distdqn.core.flat_params`)."""
@@ -259,15 +278,18 @@ class Actor:
         for i, a in enumerate(actions.tolist()):
             self._actions[i].append(a)
         next_obs = np.asarray(next_obs)
+        done = np.logical_or(terminated, truncated)
+        values = self._acting_values(actions)
+        if self.spec.compute_priorities and done.any():
+            values.update(self._final_values(next_obs, terminated, truncated))
         if self.frame_dedup:
             next_ids = self._step_frames(obs, next_obs)
             self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
-                          obs_id=self._frame_ids, next_obs_id=next_ids, q_sa=self._acting_q_sa(actions))
+                          obs_id=self._frame_ids, next_obs_id=next_ids, **values)
             self._frame_ids = next_ids
         else:
             self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
-                          q_sa=self._acting_q_sa(actions))
-        done = np.logical_or(terminated, truncated)
+                          **values)
         if done.any():
             self._record_episodes(info, done)
             reset_obs, _ = self.envs.reset(seed=self._new_seeds(done), options={"reset_mask": done})
@@ -313,7 +335,9 @@ class Actor:
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
         if self.spec.compute_priorities:
-            chunk.priority = self.initial_priorities(chunk, q_sa=cols[-1])  # needs the whole next stacks
+            # |R + gamma^m V(s') - Q(s, a)| from the acting passes' values (Ape-X, sec. 3).
+            q_sa, next_v = cols[-2], cols[-1]
+            chunk.priority = np.abs(reward + discount * next_v - q_sa).astype(np.float32)
         if self.frame_dedup:
             frames, prev, start = self._take_frames()
             chunk.frames = FrameBlock(frames=frames, prev=prev, start=start, stream=self.frame_stream)
@@ -321,35 +345,30 @@ class Actor:
             chunk.obs = chunk.next_obs = None  # frames, not stacks
         return chunk
 
-    def initial_priorities(self, chunk: TransitionChunk, q_sa: np.ndarray | None = None) -> np.ndarray:
-        """``[T]`` float32 |R + gamma^n max_a Q(s', a) - Q(s, a)| with the actor's own
-        network (Ape-X, Horgan et al. 2018, sec. 3: actors compute initial priorities).
+    def initial_priorities(self, chunk: TransitionChunk) -> np.ndarray:
+        """``[T]`` float32 |R + gamma^n max_a Q(s', a) - Q(s, a)| with the actor's current
+        network over the chunk's whole observations, two forward passes (Ape-X, Horgan et
+        al. 2018, sec. 3). The actor itself takes the same values from its acting passes
+        (see :mod:`distdqn.nstep`, ``track_q``); this is the reference computation.
 
-        ``q_sa``: ``[T]`` Q(s, a) as computed when acting (Ape-X reuses the acting values);
-        then only the next observations of transitions that bootstrap (discount > 0) are
-        evaluated, else both ``obs`` and ``next_obs``. Needs a chunk with whole observations
-        (the actor computes them before compacting).
+        Raises:
+            ValueError: a compact (frame-deduplicated) chunk, which has no whole observations.
         """
         if chunk.obs is None or chunk.next_obs is None:
             raise ValueError("initial_priorities needs a chunk with whole observations, not a compact one")
         t = len(chunk)
-        reward = torch.from_numpy(chunk.reward)
-        discount = torch.from_numpy(chunk.discount)
         with torch.inference_mode():
-            if q_sa is None:
-                q = self.net(torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0)))
-                q_taken = q[:t].gather(1, torch.from_numpy(chunk.action).unsqueeze(1)).squeeze(1)
-                next_max = q[t:].max(dim=1).values
-            else:
-                q_taken = torch.from_numpy(np.asarray(q_sa, dtype=np.float32))
-                next_max = torch.zeros(t)
-                boot = np.flatnonzero(chunk.discount > 0)
-                if boot.size:
-                    next_max[torch.from_numpy(boot)] = self.net(torch.from_numpy(chunk.next_obs[boot])).max(dim=1).values
-        return (reward + discount * next_max - q_taken).abs().numpy().astype(np.float32)
+            q = self.net(torch.from_numpy(np.concatenate([chunk.obs, chunk.next_obs], axis=0))).numpy()
+        next_max = q[t:].max(axis=1)
+        q_taken = q[np.arange(t), chunk.action]
+        return np.abs(chunk.reward + chunk.discount * next_max - q_taken).astype(np.float32)
 
     def flush(self) -> TransitionChunk | None:
-        """Whatever complete transitions are pending, as a chunk (or None)."""
+        """Whatever transitions are pending, staged ones completed with one forward pass over
+        the current observations, as a chunk (or None)."""
+        if self.spec.compute_priorities and self._acc.num_staged:
+            with torch.inference_mode():
+                self._acc.resolve(self.policy(torch.from_numpy(self._obs)).max(dim=1).values.numpy())
         return self._make_chunk()
 
     def close(self) -> None:
