@@ -100,6 +100,26 @@ def test_sum_tree_internal_nodes_are_a_function_of_the_leaves() -> None:
     np.testing.assert_array_equal(a.find_prefix_sum(prefixes), b.find_prefix_sum(prefixes))
 
 
+@pytest.mark.parametrize("capacity", [777, 1024])
+def test_sum_tree_contiguous_runs_match_a_rebuild(capacity) -> None:
+    """Ring-buffer inserts (contiguous runs, the slice path) interleaved with scattered
+    priority updates leave the same tree as a rebuild from the leaves."""
+    rng = np.random.default_rng(2)
+    a = SumTree(capacity)
+    start = 0
+    for _ in range(60):
+        k = int(rng.integers(1, 130))
+        run = (start + np.arange(k)) % capacity  # wraps around sometimes (then not contiguous)
+        a.update(run, rng.random(k))
+        start = (start + k) % capacity
+        a.update(rng.integers(0, capacity, 32), rng.random(32))
+    a.update(np.array([capacity - 1]), np.array([0.5]))  # runs of one at the edges
+    a.update(np.array([0]), np.array([0.25]))
+    b = SumTree(capacity)
+    b.set_leaves(a.leaves())
+    np.testing.assert_array_equal(a._tree, b._tree)
+
+
 def test_sum_tree_errors() -> None:
     tree = SumTree(4)
     with pytest.raises(ValueError, match="total"):

@@ -159,8 +159,23 @@ class SumTree:
             val = val[last]
         node = idx + self._num_leaves
         tree = self._tree
+        if int(idx[-1]) - int(idx[0]) + 1 == idx.size:
+            # A contiguous run of leaves (what a ring-buffer insert writes): slices, not gathers.
+            lo = int(node[0])
+            tree[lo : lo + idx.size] = val
+            self._propagate_range(lo, lo + idx.size)
+            return
         tree[node] = val
         self._propagate(node)
+
+    def _propagate_range(self, lo: int, hi: int) -> None:
+        """Recompute the ancestors of tree nodes ``[lo, hi)``, level by level (the same sums
+        as :meth:`_propagate`, taken over slices)."""
+        tree, pairs = self._tree, self._pairs
+        for _ in range(self._depth):
+            lo, hi = lo >> 1, ((hi - 1) >> 1) + 1
+            children = pairs[lo:hi]
+            tree[lo:hi] = children.real + children.imag
 
     def _propagate(self, node: np.ndarray) -> None:
         """Recompute the ancestors of sorted, unique tree nodes ``node``, level by level."""
