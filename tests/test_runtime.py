@@ -329,8 +329,16 @@ def test_receiver_survives_actor_killed_mid_message():
     proc.kill()
     proc.join()
     inbox: queue.Queue = queue.Queue(maxsize=2)
-    t = threading.Thread(target=_receive, args=(reader, inbox, threading.Event()), daemon=True)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _receive(reader, inbox, threading.Event(), threading.Event())
+        except BaseException as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     t.join(timeout=30)
     assert not t.is_alive(), "receiver blocked on a half-written message"
-    assert inbox.empty()
+    assert errors == [] and inbox.empty()

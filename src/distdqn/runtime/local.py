@@ -144,14 +144,16 @@ def actor_main(
         out_conn.close()
 
 
-def _receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event) -> None:
-    """Receiver thread: pipe -> inbox until end-of-file (the actor exited or died)."""
+def _receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event, arrived: threading.Event) -> None:
+    """Receiver thread: pipe -> inbox until end-of-file (the actor exited or died); sets
+    ``arrived`` after each chunk (the main loop sleeps on it when it has nothing to do)."""
     try:
         while True:
             chunk = conn.recv()
             while True:
                 try:
                     inbox.put(chunk, timeout=0.1)
+                    arrived.set()
                     break
                 except queue_mod.Full:
                     if halt.is_set():
@@ -193,6 +195,7 @@ def run_local(
     stop_event = ctx.Event()
     handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
     halt = threading.Event()
+    arrived = threading.Event()  # a chunk reached an inbox
     shared = SharedParams(ctx, co.ps.num_params)
     shared.write(co.ps.version, co.current_params())
     remote: RemoteLearners | None = None
@@ -211,23 +214,22 @@ def run_local(
         """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
         h.proc = proc
         h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
-        h.thread = threading.Thread(target=_receive, args=(reader, h.inbox, halt),
+        h.thread = threading.Thread(target=_receive, args=(reader, h.inbox, halt, arrived),
                                     name=f"distdqn-recv-{h.actor_id}", daemon=True)
         h.thread.start()
 
     def start(h: _ActorHandle) -> None:
         reader, writer = ctx.Pipe(duplex=False)
         _shrink_pipe(reader)
-        h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
-        h.proc = ctx.Process(
+        proc = ctx.Process(
             target=actor_main,
             args=(h.actor_id, h.generation, cfg, spaces, shared, writer, stop_event, os.getpid()),
             name=f"distdqn-actor-{h.actor_id}",
             daemon=True,
         )
-        h.proc.start()
+        proc.start()  # the handle keeps only a started process (shutdown joins it)
         writer.close()  # only the actor holds the write end: its exit means EOF for us
-        attach(h, reader, h.proc)
+        attach(h, reader, proc)
 
     stop = StopRequest()
     stop.install()
@@ -244,6 +246,7 @@ def run_local(
         rr = 0
         while not stop.flag:
             progressed = False
+            arrived.clear()
             # 1. experience in, as far as the rate limiter allows
             for k in range(len(handles)):
                 h = handles[(rr + k) % len(handles)]
@@ -309,7 +312,11 @@ def run_local(
                 stop.set(reason)
                 break
             if not progressed:
-                time.sleep(0.0005)
+                # Nothing to do until a chunk arrives (remote learners' replies are polled).
+                if remote is None:
+                    arrived.wait(IDLE_WAIT_S)
+                else:
+                    time.sleep(0.0005)
     except (NonFiniteLossError, RunAborted) as exc:
         error, stop.reason = exc, f"error: {exc}"
     except KeyboardInterrupt:
@@ -353,6 +360,8 @@ class ActorCrashLoopError(RunAborted):
 
 
 CRASH_LOOP_RESTARTS = 10
+IDLE_WAIT_S = 0.005
+"""Longest idle wait of the main loop for a chunk (bounds the delay of periodic duties)."""
 CRASH_LOOP_WINDOW_S = 60.0
 
 
