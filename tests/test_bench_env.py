@@ -86,7 +86,9 @@ def test_bench_env_rows_cartpole_end_to_end(tmp_path) -> None:
     rep = json.loads(out.read_text())
     assert rep["mode"] == "env" and rep["backend"] == "gymnasium"
     labels = [r["label"][:3] for r in rep["rows"]]
-    assert labels == ["(a)", "(b)", "(c)", "(d)", "(e)", "(e)", "(f)"]
+    assert labels == ["(a)", "(a'", "(b)", "(b)", "(c)", "(d)", "(e)", "(e)", "(f)"]
     assert all(r["value"] and r["value"] > 0 for r in rep["rows"])
     assert rep["replay"]["capacity"] == 20_000 and not rep["replay"]["frame_dedup"]
     assert rep["raw_env"]["sps"] > 0 and rep["collection"]["sps"] > 0
+    # inference costs something: env + forward is slower than the env alone (1.1: noise margin)
+    assert 0 < rep["raw_env_forward"]["sps"] < 1.1 * rep["raw_env"]["sps"]

@@ -8,6 +8,11 @@ Selected by ``--rows env``, and by default for Atari ids and ``--env-backend env
     ``make_vector_env(cfg.env, envs_per_actor)`` (the chosen backend) with uniformly
     random actions, finished sub-envs reset with a mask; no network. Measured in two
     halves, before and after (b). The ceiling of (b).
+(a') Raw env plus inference: :func:`distdqn.bench.bare_collector` (the vector env and the
+    actors' forward pass per step, epsilon 1) in as many processes; its ratio to (a) is what
+    inference alone leaves of the raw rate, and (b)'s ratio to it is the cost of everything
+    else (n-step windows, priorities, chunks, transport, the learner process's share of the
+    CPU).
 (b) Collection: env steps/s of ``run_local(collect_only=True)`` (actors with inference,
     n-step windows, priorities, chunks, transport; the learner only inserts), steady state
     from ``metrics.csv``, with epsilon 1 so actions are as random as in (a). Target
@@ -44,6 +49,7 @@ from distdqn.bench import (
     LEARNING_TARGET,
     Row,
     _say,
+    bare_collector,
     measure_collection,
     measure_collection_ceiling,
     measure_learning,
@@ -149,21 +155,27 @@ def env_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Pat
     _say(f"(a) raw env, second half: {seconds / 2:g} s")
     after = measure_collection_ceiling(cfg, spaces, seconds / 2, target=bare_env_stepper)
     raw = (before["sps"] + after["sps"]) / 2
+    net = _network_name(cfg, spaces)
+    _say(f"(a') raw env + {net} forward pass: {a} processes, epsilon 1, {seconds / 2:g} s")
+    fwd = measure_collection_ceiling(c, spaces, seconds / 2, target=bare_collector)
     report["raw_env"] = {"sps": raw, "before": before, "after": after, "backend": backend,
                          "envpool_threads": cfg.env.envpool_threads if backend == "envpool" else None}
-    report["collection"] = {**coll, "ceiling_sps": raw}
+    report["raw_env_forward"] = fwd
+    report["collection"] = {**coll, "ceiling_sps": raw, "env_forward_sps": fwd["sps"]}
     rows = [
         Row(f"(a) raw env: env steps/s, {a} procs x {e} envs, {backend}, random actions", raw, None,
             "(ceiling of b)"),
+        Row(f"(a') raw env + {net} forward pass per step, bare loop (inference's cost)", fwd["sps"], raw, "(a)"),
         Row("(b) collection: actor env steps/s in training, learner idle, inference incl.", coll["sps"], raw,
             "(a)", (">=", ENV_COLLECTION_TARGET)),
+        Row("(b) against (a'): what the actors, transport and learner process cost", coll["sps"], fwd["sps"],
+            "(a')"),
     ]
 
     lc = replace(cfg, **{"eval.eval_episodes": 1})
     _say(f"(c, d) bare update loop vs learner step, {seconds:g} s each")
     learn = measure_learning(lc, spaces, seconds, work / "learn")
     report["learning"] = learn
-    net = _network_name(cfg, spaces)
     rows += [
         Row(f"(c) bare update: updates/s, {net}, batch {learn['batch_size']}, {learn['device']}",
             learn["ceiling_ups"], None, "(ceiling of d)", fmt=",.1f"),

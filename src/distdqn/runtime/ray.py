@@ -837,7 +837,7 @@ def _drive(cfg: ExperimentConfig, co: Coordinator, roles: list[_Role], shards_vi
                     ray.get(role.handle.load_state_dict.remote(saved["parameter_server"]))
                 else:
                     ray.get(role.handle.load_state_dict.remote(
-                        {"params": torch.from_numpy(co.current_params()), "version": 0}))
+                        {"params": torch.tensor(co.current_params()), "version": 0}))
                 st = ray.get(role.handle.stats.remote())
             ps_view.note(st)
         elif role.kind == "learner":
