@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from distdqn.config import EnvConfig
 from distdqn.core import load_flat_params
 from distdqn.envs import make_vector_env
+from distdqn.networks import trace_for_inference
 
 
 class Evaluator:
@@ -24,9 +26,12 @@ class Evaluator:
         network: a Q-network used for acting (parameters loaded per call).
         seed: root of the evaluation seeds.
         epsilon: exploration during evaluation.
+        trace: act through a TorchScript trace of ``network`` (see
+            :func:`distdqn.networks.trace_for_inference`; the same values).
     """
 
-    def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20):
+    def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20,
+                 trace: bool = True):
         # Whole games: a lost life ends a training episode (episodic_life), never an evaluation.
         self.env_cfg = dataclasses.replace(env_cfg, episodic_life=False)
         self.net, self.seed, self.epsilon = network, seed, epsilon
@@ -34,6 +39,8 @@ class Evaluator:
         self.max_parallel = max_parallel
         self.evaluations = 0
         self._envs = None
+        self._trace = trace
+        self._policy: Callable[[torch.Tensor], torch.Tensor] | None = None  # traced on first use
 
     def evaluate(self, params: np.ndarray, episodes: int) -> np.ndarray:
         """Returns ``[episodes]`` float64 episode returns of the policy given by ``params``."""
@@ -49,12 +56,15 @@ class Evaluator:
         num_actions = int(envs.single_action_space.n)
         seeds = [int(s) for s in rng.integers(2**31 - 1, size=n)]
         obs, _ = envs.reset(seed=seeds)
+        if self._policy is None:
+            self._policy = trace_for_inference(self.net, torch.from_numpy(np.asarray(obs))) if self._trace else self.net
+        policy = self._policy
         started = n
         active = np.ones(n, dtype=bool)
         returns: list[float] = []
         while active.any():
             with torch.inference_mode():
-                greedy = self.net(torch.from_numpy(np.asarray(obs))).argmax(dim=1).numpy()
+                greedy = policy(torch.from_numpy(np.asarray(obs))).argmax(dim=1).numpy()
             explore = rng.random(n) < self.epsilon
             actions = np.where(explore, rng.integers(num_actions, size=n), greedy)
             obs, _, term, trunc, info = envs.step(actions)
