@@ -58,12 +58,24 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         _data_parallel(rank, out_dir)
         _hand_built(rank, out_dir)
-        # Both ranks past their last collective before either tears gloo down: a rank that
+    finally:
+        # Meets the peer at a monitored barrier before tearing gloo down: a rank that
         # destroys its group while the peer's gloo thread still waits on it can abort the
         # peer ("terminate called without an active exception", seen once in CI).
-        torch.distributed.barrier()
-    finally:
         collective.destroy_process_group()
+
+
+def _leaver(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank 1 vanishes without leaving the group; rank 0 must still get out."""
+    import os
+    import time
+
+    collective.init_process_group(rank, WORLD, init_file, timeout_s=60)
+    if rank == 1:
+        os._exit(0)
+    t0 = time.perf_counter()
+    collective.destroy_process_group(barrier_timeout_s=2.0)
+    (Path(out_dir) / "left.txt").write_text(f"{time.perf_counter() - t0:.3f}")
 
 
 def _data_parallel(rank: int, out_dir: str) -> None:
@@ -148,6 +160,11 @@ def test_allreduce_mean_and_average_parameters_hand_built(results: Path) -> None
         assert len(got) == 3
         for g, e in zip(got, expected):
             assert torch.equal(g, e)
+
+
+def test_destroy_does_not_wait_for_a_vanished_peer(tmp_path: Path) -> None:
+    tmp.spawn(_leaver, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
+    assert float((tmp_path / "left.txt").read_text()) < 30.0
 
 
 def test_errors_without_process_group() -> None:

@@ -189,6 +189,12 @@ def test_cli_serial_train_eval_plot(tmp_path):
     r = cli("plot", str(run), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (run / "metrics.png").stat().st_size > 1000
+    # --resume: a flag that would change the experiment is refused, not silently ignored
+    r = cli("train", "--resume", str(run), "--env-backend", "envpool", "--seed", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "--seed, --env-backend" in r.stderr and "--resume" in r.stderr
+    r = cli("train", "--resume", str(run), "--total-env-steps", "2000", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "summary.json").read_text())["env_steps"] >= 2000
 
 
 # ----------------------------------------------------------------------------- local runtime

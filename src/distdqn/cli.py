@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg_path = run_dir / "config.yaml"
             if not cfg_path.is_file():
                 return _fail(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+            if (msg := _fixed_on_resume(args)) is not None:
+                return _fail(msg)
             data = apply_overrides(load_yaml(cfg_path), _train_flags_as_overrides(args))
             cfg = from_dict(data)
         else:
@@ -97,10 +99,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+RESUME_FLAGS = {"total_env_steps": "total_env_steps", "device": "learner.device", "address": "ray.address"}
+"""``train`` flags that may change on ``--resume`` (how long and where the run goes on); the
+others define the experiment and come from the run's ``config.yaml``."""
+FIXED_ON_RESUME = {"preset": "preset", "env": "env.id", "actors": "actor.num_actors",
+                   "envs_per_actor": "env.envs_per_actor", "seed": "seed", "learners": "learner.num_learners",
+                   "replay_shards": "ray.replay_shards", "env_backend": "env.backend", "runtime": "runtime",
+                   "config": "--config", "run_dir": "--run-dir"}
+
+
+def _fixed_on_resume(args: argparse.Namespace) -> str | None:
+    """The error message when ``--resume`` comes with flags that would change the experiment."""
+    fixed = [f"--{a.replace('_', '-')}" for a in FIXED_ON_RESUME if getattr(args, a, None) not in (None, False)]
+    if getattr(args, "colocate", False):
+        fixed.append("--colocate")
+    if not fixed:
+        return None
+    return (f"{', '.join(fixed)} cannot be given with --resume: the run's config.yaml defines the experiment and "
+            "where its checkpoints can be restored (allowed with --resume: --total-env-steps, --device, --address, "
+            "--no-progress, --set)")
+
+
 def _train_flags_as_overrides(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.total_env_steps is not None:
-        out.append(f"total_env_steps={args.total_env_steps}")
+    """``--resume``: the flags that may change, as overrides (then ``--set``)."""
+    out = [f"{key}={getattr(args, attr)}" for attr, key in RESUME_FLAGS.items() if getattr(args, attr, None) is not None]
     if getattr(args, "no_progress", False):
         out.append("progress=false")
     return out + list(args.set or [])

@@ -20,11 +20,14 @@ TCP store, no ports.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def init_process_group(rank: int, world_size: int, init_file: str, backend: str = "auto",
@@ -116,7 +119,19 @@ def average_parameters_(module: nn.Module) -> None:
             offset += n
 
 
-def destroy_process_group() -> None:
-    """Leave the default process group (no-op when none is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def destroy_process_group(barrier_timeout_s: float = 10.0) -> None:
+    """Leave the default process group (no-op when none is initialised).
+
+    With gloo the ranks first meet at a ``monitored_barrier`` (at most ``barrier_timeout_s``;
+    a missing peer is logged, not waited for): a rank that tears its group down while a peer
+    still waits in a collective can abort that peer's process. NCCL has no such bounded
+    barrier, so its ranks leave directly.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=barrier_timeout_s))
+        except RuntimeError as exc:  # a peer died or is stuck: leave anyway
+            log.warning("learner %d: peers did not reach the final barrier (%s)", dist.get_rank(), exc)
+    dist.destroy_process_group()
