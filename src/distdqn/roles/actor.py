@@ -280,7 +280,7 @@ class Actor:
         next_obs = np.asarray(next_obs)
         done = np.logical_or(terminated, truncated)
         values = self._acting_values(actions)
-        if self.spec.compute_priorities and done.any():
+        if done.any():
             values.update(self._final_values(next_obs, terminated, truncated))
         if self.frame_dedup:
             next_ids = self._step_frames(obs, next_obs)
