@@ -120,6 +120,25 @@ def test_sum_tree_contiguous_runs_match_a_rebuild(capacity) -> None:
     np.testing.assert_array_equal(a._tree, b._tree)
 
 
+@pytest.mark.parametrize("capacity", [3, 2048, 3000, 100_000])
+def test_sum_tree_top_level_search_matches_plain_descent(capacity, monkeypatch) -> None:
+    """The cumulative-sum search over the top levels picks the same leaves as a level-by-level
+    descent from the root, zero leaves included (never picked)."""
+    import distdqn.replay.sum_tree as st
+
+    rng = np.random.default_rng(3)
+    tree = SumTree(capacity)
+    vals = rng.random(capacity) * (rng.random(capacity) < 0.7)
+    vals[-1] = 0.5
+    tree.update(np.arange(capacity), vals)
+    u = np.concatenate([rng.random(20_000) * tree.total(), [0.0, tree.total()]])
+    fast = tree.find_prefix_sum(u)
+    monkeypatch.setattr(st, "TOP_SEARCH_LEVEL", 0)
+    plain = tree.find_prefix_sum(u)
+    np.testing.assert_array_equal(fast, plain)
+    assert (vals[fast] > 0).all()
+
+
 def test_sum_tree_errors() -> None:
     tree = SumTree(4)
     with pytest.raises(ValueError, match="total"):

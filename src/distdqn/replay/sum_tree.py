@@ -18,6 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 
+TOP_SEARCH_LEVEL = 11
+"""Sampling searches the tree's first this many levels (2^11 nodes) with one cumulative sum
+and a binary search, then descends the rest level by level; scattered updates recompute
+those levels whole, with slices, instead of gathering the parents of each updated leaf."""
+
+
 class SumTree:
     """A sum tree over ``capacity`` non-negative float64 leaves (Schaul et al. 2016, App. B.2.1).
 
@@ -110,9 +116,24 @@ class SumTree:
         leaf of a positive subtree); otherwise the plain comparison, fewer array ops.
         """
         pairs = self._pairs
-        node = np.ones(u.shape, dtype=np.int64)
+        levels = self._depth
+        top = 0 if careful else min(self._depth, TOP_SEARCH_LEVEL)
+        if top:
+            # The top `top` levels in one step: a cumulative sum over the 2^top nodes of level
+            # `top` and a binary search, instead of `top` gathers (the careful path does not
+            # need the speed and keeps the plain descent).
+            first = 1 << top
+            cums = np.cumsum(self._tree[first : 2 * first])
+            j = np.searchsorted(cums, u, side="right")
+            np.minimum(j, first - 1, out=j)
+            u -= np.where(j > 0, cums[j - 1], 0.0)
+            np.maximum(u, 0.0, out=u)
+            node = j + first
+            levels -= top
+        else:
+            node = np.ones(u.shape, dtype=np.int64)
         go_right = np.empty(u.shape, dtype=bool)
-        for _ in range(self._depth):
+        for _ in range(levels):
             children = pairs.take(node)  # complex: real = left child sum, imag = right
             left = children.real
             np.greater_equal(u, left, out=go_right)
@@ -181,11 +202,19 @@ class SumTree:
         """Recompute the ancestors of sorted, unique tree nodes ``node``, level by level."""
         tree, pairs = self._tree, self._pairs
         node = node.copy()
-        for _ in range(self._depth):
+        top = min(self._depth, TOP_SEARCH_LEVEL)
+        for _ in range(self._depth - top):
             # Parents may repeat (siblings share one); they get the same value, so no dedupe.
             node >>= 1
             children = pairs.take(node)
             tree[node] = children.real + children.imag
+        # The top levels (2^top - 1 nodes) are cheaper to recompute whole, slice by slice.
+        lo = 1 << top
+        while lo > 1:
+            half = lo >> 1
+            children = pairs[half:lo]
+            tree[half:lo] = children.real + children.imag
+            lo = half
 
     def set_leaves(self, values: np.ndarray) -> None:
         """Replace all leaves at once: leaf ``i`` = ``values[i]``, the rest 0; O(P) rebuild.
