@@ -54,7 +54,7 @@ from distdqn.bench import (
     measure_collection_ceiling,
     measure_learning,
 )
-from distdqn.bench_replay import FRAME_BYTES, ReplaySpec, measure_replay
+from distdqn.bench_replay import FRAME_BYTES, ReplaySpec, measure_replay, proc_kb_field
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
 from distdqn.program import frame_dedup_enabled
@@ -107,14 +107,7 @@ def bare_env_stepper(
 
 
 def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_kb_field("/proc/meminfo", "MemAvailable:")
 
 
 def _replay_spec(cfg: ExperimentConfig, spaces: EnvSpaces, capacity: int, seconds: float) -> ReplaySpec:

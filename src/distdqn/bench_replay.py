@@ -41,14 +41,22 @@ def rss_bytes() -> int:
     Raises:
         RuntimeError: no ``/proc/self/status`` VmRSS line (not Linux).
     """
+    rss = proc_kb_field("/proc/self/status", "VmRSS:")
+    if rss is None:
+        raise RuntimeError("no VmRSS in /proc/self/status (RSS is measured on Linux only)")
+    return rss
+
+
+def proc_kb_field(path: str, key: str) -> int | None:
+    """Bytes of a ``key: N kB`` line of a Linux ``/proc`` file, or None when absent."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    raise RuntimeError("no VmRSS in /proc/self/status (RSS is measured on Linux only)")
+    return None
 
 
 class SyntheticActor:

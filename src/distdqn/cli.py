@@ -102,17 +102,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 RESUME_FLAGS = {"total_env_steps": "total_env_steps", "device": "learner.device", "address": "ray.address"}
 """``train`` flags that may change on ``--resume`` (how long and where the run goes on); the
 others define the experiment and come from the run's ``config.yaml``."""
-FIXED_ON_RESUME = {"preset": "preset", "env": "env.id", "actors": "actor.num_actors",
-                   "envs_per_actor": "env.envs_per_actor", "seed": "seed", "learners": "learner.num_learners",
-                   "replay_shards": "ray.replay_shards", "env_backend": "env.backend", "runtime": "runtime",
-                   "config": "--config", "run_dir": "--run-dir"}
+FIXED_ON_RESUME = ("preset", "env", "actors", "envs_per_actor", "seed", "learners", "colocate", "replay_shards",
+                   "env_backend", "runtime", "config", "run_dir")
+"""``train`` flags (argparse attribute names) refused with ``--resume``."""
 
 
 def _fixed_on_resume(args: argparse.Namespace) -> str | None:
     """The error message when ``--resume`` comes with flags that would change the experiment."""
     fixed = [f"--{a.replace('_', '-')}" for a in FIXED_ON_RESUME if getattr(args, a, None) not in (None, False)]
-    if getattr(args, "colocate", False):
-        fixed.append("--colocate")
     if not fixed:
         return None
     return (f"{', '.join(fixed)} cannot be given with --resume: the run's config.yaml defines the experiment and "

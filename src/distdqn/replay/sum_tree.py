@@ -209,7 +209,12 @@ class SumTree:
             children = pairs.take(node)
             tree[node] = children.real + children.imag
         # The top levels (2^top - 1 nodes) are cheaper to recompute whole, slice by slice.
-        lo = 1 << top
+        self._recompute_above(1 << top)
+
+    def _recompute_above(self, lo: int) -> None:
+        """Recompute every node above level ``[lo, 2 lo)`` (``lo`` a power of two), level by
+        level over slices: each parent = left + right."""
+        pairs, tree = self._pairs, self._tree
         while lo > 1:
             half = lo >> 1
             children = pairs[half:lo]
@@ -233,13 +238,7 @@ class SumTree:
         p = self._num_leaves
         self._tree[:] = 0.0
         self._tree[p : p + val.shape[0]] = val
-        # Level by level, each parent = left + right (same arithmetic as _propagate).
-        lo = p
-        while lo > 1:
-            half = lo >> 1
-            children = self._pairs[half:lo]
-            self._tree[half:lo] = children.real + children.imag
-            lo = half
+        self._recompute_above(p)  # same arithmetic as _propagate
 
     def leaves(self, n: int | None = None) -> np.ndarray:
         """A float64 copy of the first ``n`` leaves (default: all ``capacity``)."""

@@ -68,6 +68,7 @@ class Actor:
         self.net.eval()
         self.num_envs = env_cfg.envs_per_actor
         self.rng = np.random.default_rng([spec.seed, 7])
+        self._env_index = np.arange(self.num_envs)
         self.param_version = -1
         self.steps = 0  # vector steps
         self.env_steps = 0  # sub-env steps
@@ -218,7 +219,7 @@ class Actor:
         if not self.spec.compute_priorities:
             return {}
         q = self._q
-        return {"q_sa": q[np.arange(len(actions)), actions], "v_obs": q.max(axis=1)}
+        return {"q_sa": q[self._env_index, actions], "v_obs": q.max(axis=1)}
 
     def _final_values(self, next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> dict:
         """``v_final``: max_a Q of the final observations of truncated (not terminated)
