@@ -487,3 +487,44 @@ def test_state_dict_is_a_snapshot() -> None:
     step1(b_, 2, 1, 30.0, 3)
     obs, act, rew, disc, nxt = b_.pop()
     assert obs[0, 0] == 0 and act[0] == 0 and rew[0] == pytest.approx(1 + 1.8 + 0.81 * 30)
+
+
+def test_num_recorded_bounds_complete_transitions() -> None:
+    """The actor's O(1) chunk trigger: len <= num_recorded <= len + E * n at every step."""
+    e, n = 3, 3
+    acc = NStepAccumulator(e, n, G, (1,), np.float32, track_q=True)
+    rng = np.random.default_rng(7)
+    obs = np.zeros((e, 1), dtype=np.float32)
+    for t in range(200):
+        term, trunc = rng.random(e) < 0.1, rng.random(e) < 0.05
+        nxt = obs + 1
+        acc.add(obs, rng.integers(2, size=e), np.ones(e), nxt, term, trunc,
+                q_sa=np.zeros(e, np.float32), v_obs=np.zeros(e, np.float32), v_final=np.zeros(e, np.float32))
+        done = term | trunc
+        obs = np.where(done[:, None], 0, nxt).astype(np.float32)
+        k = len(acc)
+        assert k <= acc.num_recorded <= k + e * n, (t, k, acc.num_recorded)
+        if t % 17 == 0:
+            cols = acc.pop()
+            assert (0 if cols is None else len(cols[1])) == k
+            assert acc.num_recorded <= e * n
+
+
+def test_loads_state_from_before_lazy_windows() -> None:
+    """A state_dict written by the eager accumulator (emitted rows + open windows): complete
+    rows are kept for the next pop, staged rows and open windows are dropped."""
+    e, n = 2, 3
+    rows = 3
+    pending = [torch.arange(rows, dtype=torch.float32).reshape(rows, 1), torch.tensor([0, 1, 0]),
+               torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5, 0.0]), torch.ones(rows, 1),
+               torch.zeros(rows), torch.tensor([4.0, 5.0, 6.0])]
+    old = {"obs": torch.zeros(n, e, 1), "act": torch.zeros(n, e, dtype=torch.int64), "rew": torch.zeros(n, e, dtype=torch.float64),
+           "count": torch.tensor([2, 1]), "prev_done": torch.zeros(e, dtype=torch.bool), "t": 11,
+           "pending": pending, "staged_env": torch.tensor([1])}
+    acc = NStepAccumulator(e, n, G, (1,), np.float32, track_q=True)
+    acc.load_state_dict(old)
+    assert len(acc) == 2 and acc.num_staged == 0
+    cols = acc.pop()
+    np.testing.assert_array_equal(cols[0][:, 0], [0.0, 1.0])
+    np.testing.assert_array_equal(cols[-1], [4.0, 5.0])
+    assert acc.pop() is None

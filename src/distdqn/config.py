@@ -130,7 +130,8 @@ class ActorConfig:
     param_sync_period: int = 50
     """Actor steps (vector steps) between checks for newer parameters."""
     chunk_size: int = 64
-    """Transitions per chunk sent to replay."""
+    """Transitions per chunk sent to replay: at least this many, at most
+    ``envs_per_actor * n_step`` more (windows are resolved per chunk, not per step)."""
     trace_network: bool = True
     """Act with a TorchScript trace of the Q-network (``torch.jit.trace``; the same function
     and parameters, less per-operator overhead). ``false``: act with the eager module."""

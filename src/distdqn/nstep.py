@@ -1,9 +1,8 @@
 """n-step transition accumulator for a vector of environments.
 
-For each sub-env it keeps the last (up to) n steps and emits
-``(s_t, a_t, R_t = sum_{k<m} gamma^k r_{t+k}, gamma^m or 0, s_{t+m})`` with m = n, or
-m < n when the episode ends inside the window (Sutton & Barto 2018, eq. 7.1; Hessel
-et al. 2018, eq. 2). A *terminated* episode gives discount 0 (no bootstrap); a
+For each sub-env it emits ``(s_t, a_t, R_t = sum_{k<m} gamma^k r_{t+k}, gamma^m or 0, s_{t+m})``
+with m = n, or m < n when the episode ends inside the window (Sutton & Barto 2018, eq. 7.1;
+Hessel et al. 2018, eq. 2). A *terminated* episode gives discount 0 (no bootstrap); a
 *truncated* one keeps gamma^m and bootstraps from its final observation.
 
 Works with both Gymnasium 1.x vector-env reset conventions:
@@ -17,6 +16,11 @@ Works with both Gymnasium 1.x vector-env reset conventions:
 
 No emitted transition ever spans an episode boundary.
 
+The accumulator is *lazy*: :meth:`NStepAccumulator.add` only records the step (a few row
+copies into step buffers), and the windows are resolved for all sub-envs and all recorded
+steps at once, with array operations, when transitions are asked for (:meth:`pop`,
+``len``). An actor steps many times per chunk, so recording is what it pays per step.
+
 With ``track_ids=True`` each observation also carries an int64 id (the actor's frame id of
 its newest frame, for frame-deduplicated replay); the ids travel with the observations and
 :meth:`NStepAccumulator.pop` returns them as two extra columns.
@@ -24,21 +28,35 @@ its newest frame, for frame-deduplicated replay); the ids travel with the observ
 With ``track_q=True`` (Ape-X initial priorities, Horgan et al. 2018, sec. 3) each transition
 also carries the acting value Q(s_t, a_t) of its first step and the bootstrap value
 V(s_{t+m}) = max_a Q(s_{t+m}, a) of its last observation, both from the actor's acting
-forward passes: a transition whose episode goes on is held back ("staged") until the next
-:meth:`NStepAccumulator.add` brings the values of the observation it ends in, so no extra
-forward pass is needed except over the final observations of truncated episodes.
+forward passes: ``v_obs`` of the step that acts in s_{t+m}, so a transition whose episode
+goes on is complete ("staged" until then) only once the *next* step is recorded; no extra
+forward pass is needed except over the final observations of truncated episodes
+(``v_final``).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
+_STATE_FORMAT = 2
+"""state_dict layout: 2 = recorded steps (lazy windows); older dicts hold emitted rows."""
+
 
 class NStepAccumulator:
-    """Vectorised n-step windows, one per sub-env (a ring over time, no per-step Python loop
-    except over the sub-envs whose episode just ended). Emitted transitions are written into
-    preallocated column buffers that :meth:`pop` empties.
+    """Lazy n-step windows over a vector of sub-envs.
+
+    Per :meth:`add` it copies the step into step buffers (``[steps, E, ...]``); transitions
+    are resolved in bulk when asked for. Per sub-env, the transitions that are complete are
+    always a prefix (in time) of those not yet popped: a window is complete once its n steps
+    and bootstrap value are recorded, or once its episode ended inside it.
+
+    Emission order (:meth:`pop`): by the step at which a transition became complete, then
+    windows cut by an episode end before full ones, then sub-env, then start step.
 
     Args:
         num_envs: E, sub-envs in the vector env.
@@ -51,6 +69,9 @@ class NStepAccumulator:
         track_q: also carry Q(s_t, a_t) of each transition's first step and V(s') of its
             bootstrap observation (``q_sa``, ``v_obs``, ``v_final`` of :meth:`add`); :meth:`pop`
             then returns them as the last two columns (float32). See the module doc.
+
+    Raises:
+        ValueError: ``n_step < 1``.
     """
 
     def __init__(
@@ -69,24 +90,9 @@ class NStepAccumulator:
         self.num_envs, self.n, self.gamma = num_envs, n_step, gamma
         self.autoreset_next_step = autoreset_next_step
         self.obs_shape, self.obs_dtype = tuple(obs_shape), np.dtype(obs_dtype)
-        self._obs = np.zeros((n_step, num_envs, *obs_shape), dtype=obs_dtype)
-        self._act = np.zeros((n_step, num_envs), dtype=np.int64)
-        self._rew = np.zeros((n_step, num_envs), dtype=np.float64)
-        self._count = np.zeros(num_envs, dtype=np.int64)
-        self._prev_done = np.zeros(num_envs, dtype=bool)
-        self._t = 0
-        self._gammas = gamma ** np.arange(n_step, dtype=np.float64)
-        # _rot_gammas[f][slot] = gamma^((slot - f) mod n): discounts for a window starting at slot f.
-        self._rot_gammas = np.stack([np.roll(self._gammas, f) for f in range(n_step)])
-        # _tri[j, m] = gamma^(m - j) for m >= j: returns of the windows of an ended episode.
-        k = np.arange(n_step)
-        self._tri = np.where(k[None, :] >= k[:, None], gamma ** (k[None, :] - k[:, None]).clip(0), 0.0)
-        self._tail_disc = [gamma ** np.arange(m, 0, -1, dtype=np.float64) for m in range(n_step + 1)]
-        self._full_disc = np.full(num_envs, gamma**n_step)
-        self._env_index = np.arange(num_envs)
         self.track_ids, self.track_q = track_ids, track_q
-        self._ids = np.zeros((n_step, num_envs), dtype=np.int64) if track_ids else None
-        self._qsa = np.zeros((n_step, num_envs), dtype=np.float32) if track_q else None
+        self._gammas = gamma ** np.arange(n_step + 1, dtype=np.float64)
+        self._env_index = np.arange(num_envs)
         # Output columns: obs, action, return, discount, next_obs[, obs_id, next_obs_id][, q_sa, next_v].
         self._specs: list[tuple[tuple[int, ...], np.dtype]] = [
             (self.obs_shape, self.obs_dtype), ((), np.dtype(np.int64)), ((), np.dtype(np.float32)),
@@ -95,21 +101,50 @@ class NStepAccumulator:
             self._specs += [((), np.dtype(np.int64))] * 2
         if track_q:
             self._specs += [((), np.dtype(np.float32))] * 2
-        self._cols = self._alloc(max(64, 4 * num_envs * n_step))
-        self._rows = 0  # rows written; the last len(_staged_env) of them await their next_v
-        self._staged_env = np.zeros(0, dtype=np.int64)
+        self._alloc(max(32, 2 * (n_step + 2)))
+        self._base = 0  # absolute step number of row 0 of the step buffers
+        self._t = 0  # absolute step number of the next add
+        self._start = np.zeros(num_envs, dtype=np.int64)  # per sub-env: first start step not popped
+        self._prev_done = np.zeros(num_envs, dtype=bool)
+        self._recorded = 0  # valid sub-env steps recorded and not yet popped
+        self._carry: list[np.ndarray] | None = None  # complete rows set aside (reset, resolve, old state)
 
-    def _alloc(self, capacity: int) -> list[np.ndarray]:
-        return [np.zeros((capacity, *shape), dtype=dtype) for shape, dtype in self._specs]
+    def _alloc(self, cap: int) -> None:
+        e, shape = self.num_envs, self.obs_shape
+        self._obs = np.zeros((cap, e, *shape), dtype=self.obs_dtype)
+        self._next = np.zeros((cap, e, *shape), dtype=self.obs_dtype)
+        self._act = np.zeros((cap, e), dtype=np.int64)
+        self._rew = np.zeros((cap, e), dtype=np.float64)
+        self._term = np.zeros((cap, e), dtype=bool)
+        self._done = np.zeros((cap, e), dtype=bool)  # terminated or truncated, on valid steps only
+        self._valid = np.zeros((cap, e), dtype=bool)
+        self._ids = np.zeros((cap, e), dtype=np.int64) if self.track_ids else None
+        self._next_ids = np.zeros((cap, e), dtype=np.int64) if self.track_ids else None
+        self._qsa = np.zeros((cap, e), dtype=np.float32) if self.track_q else None
+        self._vobs = np.zeros((cap, e), dtype=np.float32) if self.track_q else None
+        self._vfin = np.zeros((cap, e), dtype=np.float32) if self.track_q else None
 
-    def __len__(self) -> int:
-        """Transitions emitted, complete and not yet popped."""
-        return self._rows - len(self._staged_env)
+    def _buffers(self) -> list[np.ndarray]:
+        return [b for b in (self._obs, self._next, self._act, self._rew, self._term, self._done, self._valid,
+                            self._ids, self._next_ids, self._qsa, self._vobs, self._vfin) if b is not None]
 
-    @property
-    def num_staged(self) -> int:
-        """Transitions emitted but waiting for their bootstrap value (``track_q``)."""
-        return len(self._staged_env)
+    def _make_room(self) -> None:
+        """Drop the rows before the oldest start still needed; grow when that frees too little."""
+        keep_from = int(self._start.min()) - self._base if self.num_envs else self._t - self._base
+        keep_from = max(0, min(keep_from, self._t - self._base))
+        used = self._t - self._base - keep_from
+        cap = len(self._act)
+        if used + 1 > cap // 2:  # grow: at most a few windows' worth is ever kept
+            old = self._buffers()
+            self._alloc(2 * cap)
+            for new, o in zip(self._buffers(), old):
+                new[:used] = o[keep_from : keep_from + used]
+        elif keep_from:
+            for b in self._buffers():
+                b[:used] = b[keep_from : keep_from + used]
+        self._base += keep_from
+
+    # ------------------------------------------------------------------ recording
 
     def add(
         self,
@@ -142,7 +177,7 @@ class NStepAccumulator:
                 with ``track_ids``, ignored otherwise.
             q_sa: ``[E]`` Q(obs, action) of the acting network; required with ``track_q``.
             v_obs: ``[E]`` max_a Q(obs, a) from the same forward pass; required with
-                ``track_q`` (it completes the transitions staged by the previous call).
+                ``track_q`` (it completes the windows of the previous step that go on).
             v_final: ``[E]`` max_a Q(next_obs, a), read only where the step was truncated
                 and not terminated; required with ``track_q`` when there is such a sub-env.
 
@@ -150,169 +185,256 @@ class NStepAccumulator:
             ValueError: a value that ``track_ids`` / ``track_q`` need is missing.
         """
         done = np.logical_or(terminated, truncated)
-        n, t = self.n, self._t
-        slot = t % n
-        qsa = self._qsa
-        if qsa is not None:
-            if q_sa is None or v_obs is None:
-                raise ValueError("NStepAccumulator(track_q=True).add needs q_sa and v_obs")
-            self.resolve(v_obs)
-            qsa[slot] = q_sa
-        self._obs[slot] = obs
-        self._act[slot] = action
-        self._rew[slot] = reward
-        ids = self._ids
-        if ids is not None:
-            if obs_id is None or next_obs_id is None:
-                raise ValueError("NStepAccumulator(track_ids=True).add needs obs_id and next_obs_id")
-            ids[slot] = obs_id
-            next_obs_id = np.asarray(next_obs_id, dtype=np.int64)
         if valid is None and not self.autoreset_next_step:
-            # Fast path (every step is a transition): no masks to build.
-            np.minimum(self._count + 1, n, out=self._count)
-            self._prev_done = done
+            all_valid = True
         else:
             if valid is None:
                 valid = ~self._prev_done
-            # Under NEXT_STEP autoreset the step after a done step is the reset step.
-            self._prev_done = done & valid
-            self._count = np.where(valid, np.minimum(self._count + 1, n), 0)
+            valid = np.asarray(valid, dtype=bool)
             done = done & valid
-        any_done = bool(done.any())
-        # Ended episodes first: their transitions are complete now (staged rows stay last).
-        if any_done:
-            self._emit_ended(done, terminated, next_obs, next_obs_id, v_final)
-        full = (self._count == n) if not any_done else (~done & (self._count == n))
-        first = (t + 1) % n  # the oldest slot of a full window
-        if full.all():
-            # R = sum_k gamma^k r_{first+k}: one product with the gammas rotated to `first`.
-            ret = self._rot_gammas[first] @ self._rew
-            self._emit([self._obs[first], self._act[first], ret, self._full_disc, next_obs]
-                       + ([] if ids is None else [ids[first], next_obs_id])
-                       + ([] if qsa is None else [qsa[first], None]), self._env_index)
-        elif full.any():
-            ret = self._rot_gammas[first] @ self._rew[:, full]
-            self._emit([self._obs[first, full], self._act[first, full], ret, self._full_disc[: len(ret)],
-                        next_obs[full]]
-                       + ([] if ids is None else [ids[first, full], next_obs_id[full]])
-                       + ([] if qsa is None else [qsa[first, full], None]), np.flatnonzero(full))
-        self._t = t + 1
+            self._prev_done = done
+            all_valid = False
+        if self.track_q:
+            if q_sa is None or v_obs is None:
+                raise ValueError("NStepAccumulator(track_q=True).add needs q_sa and v_obs")
+            if v_final is None and done.any() and (done & ~np.asarray(terminated, dtype=bool)).any():
+                raise ValueError("NStepAccumulator(track_q=True).add needs v_final for a truncated episode")
+        if self.track_ids and (obs_id is None or next_obs_id is None):
+            raise ValueError("NStepAccumulator(track_ids=True).add needs obs_id and next_obs_id")
+        i = self._t - self._base
+        if i >= len(self._act):
+            self._make_room()
+            i = self._t - self._base
+        self._obs[i] = obs
+        self._next[i] = next_obs
+        self._act[i] = action
+        self._rew[i] = reward
+        self._term[i] = terminated
+        self._done[i] = done
+        if all_valid:
+            self._valid[i] = True
+            self._recorded += self.num_envs
+        else:
+            self._valid[i] = valid
+            self._recorded += int(np.count_nonzero(valid))
+        if self._ids is not None:
+            self._ids[i] = obs_id
+            self._next_ids[i] = next_obs_id
+        if self._qsa is not None:
+            self._qsa[i] = q_sa
+            self._vobs[i] = v_obs
+            if v_final is not None:
+                self._vfin[i] = v_final
+        self._t += 1
 
-    def _emit_ended(self, done, terminated, next_obs, next_obs_id, v_final) -> None:
-        """Emit every window of each sub-env whose episode ended at this step."""
-        n, t = self.n, self._t
-        if self._qsa is not None and v_final is None and bool((done & ~np.asarray(terminated)).any()):
-            raise ValueError("NStepAccumulator(track_q=True).add needs v_final for a truncated episode")
-        for i in np.flatnonzero(done):
-            length = int(self._count[i])
-            slots = (t - length + 1 + np.arange(length)) % n
-            rets = self._tri[:length, :length] @ self._rew[slots, i]
-            term = bool(terminated[i])
-            disc = np.zeros(length) if term else self._tail_disc[length]
-            cols = [self._obs[slots, i], self._act[slots, i], rets, disc, next_obs[i]]
-            if self._ids is not None:
-                cols += [self._ids[slots, i], next_obs_id[i]]
-            if self._qsa is not None:
-                cols += [self._qsa[slots, i], 0.0 if term else float(v_final[i])]
-            self._emit(cols, None)
-            self._count[i] = 0
+    # ------------------------------------------------------------------ resolving windows
 
-    def _emit(self, cols: list, staged_env: np.ndarray | None) -> None:
-        """Append rows (``cols`` in column order; scalars and single observations broadcast;
-        a None next_v with ``staged_env``, the sub-env of each row, stages them)."""
-        m = len(cols[1])
-        end = self._rows + m
-        if end > len(self._cols[0]):
-            grown = self._alloc(max(2 * len(self._cols[0]), end))
-            for g, c in zip(grown, self._cols):
-                g[: self._rows] = c[: self._rows]
-            self._cols = grown
-        r0 = self._rows
-        for buf, col in zip(self._cols, cols):
-            if col is not None:
-                buf[r0:end] = col
-        self._rows = end
-        if staged_env is not None and self._qsa is not None:
-            self._staged_env = staged_env
+    def _scan(self, v_through: int) -> dict | None:
+        """The complete, not yet popped transitions (without changing anything).
+
+        ``v_through``: the last absolute step whose ``v_obs`` is known (track_q). Returns
+        None when there are none, else a dict of ``[T]`` arrays: ``row`` (start row in the
+        step buffers), ``env``, ``m`` (steps in the window), ``ended`` (the window ends with
+        its episode), ``order`` (emission order), plus ``incomplete`` ``[K, E]`` bool.
+        """
+        lo = int(self._start.min()) - self._base if self.num_envs else 0
+        lo = max(lo, 0)
+        hi = self._t - self._base
+        k = hi - lo
+        if k <= 0:
+            return None
+        n = self.n
+        rows = np.arange(lo, hi)
+        active = self._valid[lo:hi] & ((rows + self._base)[:, None] >= self._start[None, :])
+        done = self._done[lo:hi]
+        alive = np.ones((k, self.num_envs), dtype=bool)
+        m = np.zeros((k, self.num_envs), dtype=np.int64)  # steps to the episode end (0: none within n)
+        for j in range(min(n, k)):
+            d = done[j:] & alive[: k - j]
+            m[: k - j][d] = j + 1
+            alive[: k - j] &= ~done[j:]
+        ended = m > 0
+        # A window that goes on needs its n steps, and with track_q the next step's v_obs.
+        need = n if not self.track_q else n + 1
+        last_ok = (v_through - self._base + 1 if self.track_q else hi) - lo  # rows known for the bootstrap
+        full_ok = np.zeros(k, dtype=bool)
+        full_ok[: max(0, min(k, last_ok - need + 1, k - n + 1))] = True
+        complete = active & (ended | full_ok[:, None])
+        incomplete = active & ~complete
+        r_idx, e_idx = np.nonzero(complete)
+        if len(r_idx) == 0:
+            return {"incomplete": incomplete, "lo": lo, "count": 0}
+        ended_sel = ended[r_idx, e_idx]
+        m_sel = np.where(ended_sel, m[r_idx, e_idx], n)
+        emit_step = r_idx + m_sel - 1  # the window's last step
+        order = np.lexsort((r_idx, e_idx, ~ended_sel, emit_step))
+        return {"row": r_idx[order] + lo, "env": e_idx[order], "m": m_sel[order], "ended": ended_sel[order],
+                "incomplete": incomplete, "lo": lo, "count": len(order)}
+
+    def _take(self, v_through: int) -> list[np.ndarray] | None:
+        """Gather the complete transitions as output columns and mark them popped."""
+        s = self._scan(v_through)
+        if s is None:
+            return None
+        inc, lo = s["incomplete"], s["lo"]
+        any_inc = inc.any(axis=0)
+        first_inc = np.argmax(inc, axis=0) + lo + self._base
+        self._start = np.where(any_inc, first_inc, self._t).astype(np.int64)
+        if s["count"] == 0:
+            return None
+        self._recorded -= s["count"]
+        row, env, m, ended = s["row"], s["env"], s["m"], s["ended"]
+        last = row + m - 1  # row of the window's last step
+        ret = np.zeros(len(row), dtype=np.float64)
+        for j in range(self.n):
+            inside = m > j
+            if not inside.any():
+                break
+            ret[inside] += self._gammas[j] * self._rew[row[inside] + j, env[inside]]
+        term = ended & self._term[last, env]
+        disc = np.where(term, 0.0, self._gammas[m])
+        cols = [self._obs[row, env], self._act[row, env], ret, disc, self._next[last, env]]
+        if self._ids is not None:
+            cols += [self._ids[row, env], self._next_ids[last, env]]
+        if self._qsa is not None:
+            # Bootstrap value: 0 after termination, v_final after truncation, else the v_obs
+            # of the step that acts in the window's next observation.
+            nxt = np.minimum(last + 1, len(self._vobs) - 1)
+            v = np.where(ended, self._vfin[last, env], self._vobs[nxt, env])
+            cols += [self._qsa[row, env], np.where(term, 0.0, v)]
+        return [np.asarray(c, dtype=dt).reshape(len(row), *shape) for c, (shape, dt) in zip(cols, self._specs)]
+
+    def _set_aside(self, cols: list[np.ndarray] | None) -> None:
+        if cols is None:
+            return
+        if self._carry is None:
+            self._carry = cols
+        else:
+            self._carry = [np.concatenate([a, b]) for a, b in zip(self._carry, cols)]
+
+    def __len__(self) -> int:
+        """Transitions complete and not yet popped (resolves the windows: not per step)."""
+        s = self._scan(self._t - 1)
+        carried = 0 if self._carry is None else len(self._carry[1])
+        return carried + (0 if s is None else s["count"])
+
+    @property
+    def num_recorded(self) -> int:
+        """Sub-env steps recorded whose transitions are not yet popped: an O(1) bound,
+        ``len(self) <= num_recorded <= len(self) + E * n``."""
+        return self._recorded + (0 if self._carry is None else len(self._carry[1]))
+
+    @property
+    def num_staged(self) -> int:
+        """Transitions whose n steps are recorded but whose bootstrap value is not yet
+        (``track_q``: the next :meth:`add`'s ``v_obs``, or :meth:`resolve`)."""
+        if not self.track_q:
+            return 0
+        s = self._scan(self._t)  # as if the next v_obs were known
+        carried = 0 if self._carry is None else len(self._carry[1])
+        return carried + (0 if s is None else s["count"]) - len(self)
 
     def resolve(self, v_obs: np.ndarray) -> None:
         """Complete the staged transitions with ``v_obs`` (``[E]`` max_a Q of the sub-envs'
-        current observations, which are the staged transitions' next observations)."""
-        k = len(self._staged_env)
-        if k:
-            self._cols[-1][self._rows - k : self._rows] = np.asarray(v_obs)[self._staged_env]
-            self._staged_env = self._staged_env[:0]
+        current observations, which are the staged transitions' next observations); they are
+        set aside for the next :meth:`pop`."""
+        if not self.track_q:
+            return
+        i = self._t - self._base
+        if i >= len(self._act):
+            self._make_room()
+            i = self._t - self._base
+        self._vobs[i] = v_obs
+        self._set_aside(self._take(self._t))
 
     def pop(self) -> tuple[np.ndarray, ...] | None:
-        """All complete emitted transitions as ``(obs, action, reward, discount, next_obs)``
-        arrays with leading dim T (plus ``obs_id, next_obs_id`` with ``track_ids``, then
-        ``q_sa, next_v`` with ``track_q``), or None if there are none. Staged transitions
-        (``track_q``) stay for the next call."""
-        k = len(self)
-        if k == 0:
-            return None
-        out = tuple(c[:k].copy() for c in self._cols)
-        staged = self._rows - k
-        for c in self._cols:
-            c[:staged] = c[k : self._rows]
-        self._rows = staged
-        return out
+        """All complete transitions as ``(obs, action, reward, discount, next_obs)`` arrays
+        with leading dim T (plus ``obs_id, next_obs_id`` with ``track_ids``, then ``q_sa,
+        next_v`` with ``track_q``), or None if there are none. Staged transitions
+        (``track_q``) stay for a later call."""
+        cols = self._take(self._t - 1)
+        if self._carry is not None:
+            carry, self._carry = self._carry, None
+            cols = carry if cols is None else [np.concatenate([a, b]) for a, b in zip(carry, cols)]
+        return None if cols is None else tuple(cols)
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the open windows of the masked sub-envs (all when None), and their staged
         transitions (their next observations will never be acted on); used when an env is
-        recreated."""
+        recreated. Complete transitions are kept for the next :meth:`pop`."""
         if mask is None:
             mask = np.ones(self.num_envs, dtype=bool)
-        self._count[mask] = 0
+        self._set_aside(self._take(self._t - 1))
+        mask = np.asarray(mask, dtype=bool)
         self._prev_done[mask] = False
-        k = len(self._staged_env)
-        if k:
-            drop = np.asarray(mask)[self._staged_env]
-            if drop.any():
-                keep = np.concatenate([np.ones(self._rows - k, dtype=bool), ~drop])
-                for c in self._cols:
-                    c[: int(keep.sum())] = c[: self._rows][keep]
-                self._rows = int(keep.sum())
-                self._staged_env = self._staged_env[~drop]
+        dropped = self._open_counts()[mask].sum()
+        self._recorded -= int(dropped)
+        self._start[mask] = self._t
+
+    def _open_counts(self) -> np.ndarray:
+        """``[E]`` valid recorded steps per sub-env from its first unpopped start."""
+        lo = max(int(self._start.min()) - self._base, 0) if self.num_envs else 0
+        hi = self._t - self._base
+        rows = np.arange(lo, hi) + self._base
+        return (self._valid[lo:hi] & (rows[:, None] >= self._start[None, :])).sum(axis=0)
+
+    # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict:
-        """Open windows and emitted-but-unpopped transitions, staged ones included (torch
-        tensors / ints only)."""
+        """Recorded steps from the oldest unpopped start on, and transitions set aside
+        (torch tensors / ints only)."""
+        lo = max(int(self._start.min()) - self._base, 0) if self.num_envs else 0
+        hi = self._t - self._base
         state = {
-            "obs": torch.from_numpy(self._obs.copy()),
-            "act": torch.from_numpy(self._act.copy()),
-            "rew": torch.from_numpy(self._rew.copy()),
-            "count": torch.from_numpy(self._count.copy()),
-            "prev_done": torch.from_numpy(self._prev_done.copy()),
+            "format": _STATE_FORMAT,
             "t": self._t,
-            "pending": [torch.from_numpy(c[: self._rows].copy()) for c in self._cols] if self._rows else [],
-            "staged_env": torch.from_numpy(self._staged_env.copy()),
+            "base": self._base + lo,
+            "start": torch.from_numpy(self._start.copy()),
+            "prev_done": torch.from_numpy(self._prev_done.copy()),
+            "recorded": self._recorded,
+            "steps": [torch.from_numpy(b[lo:hi].copy()) for b in self._buffers()],
+            "carry": [torch.from_numpy(c.copy()) for c in self._carry] if self._carry is not None else [],
         }
-        if self._ids is not None:
-            state["ids"] = torch.from_numpy(self._ids.copy())
-        if self._qsa is not None:
-            state["qsa"] = torch.from_numpy(self._qsa.copy())
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._obs[...] = state["obs"].numpy()
-        self._act[...] = state["act"].numpy()
-        self._rew[...] = state["rew"].numpy()
-        self._count[...] = state["count"].numpy()
+        """Restore :meth:`state_dict`. A dict written before windows were lazy (no ``format``)
+        keeps its emitted, complete transitions; its open windows and staged transitions
+        (at most n per sub-env) are dropped, with a warning."""
+        self._carry = None
         self._prev_done[...] = state["prev_done"].numpy()
+        if state.get("format") != _STATE_FORMAT:
+            self._load_old(state)
+            return
         self._t = int(state["t"])
-        if self._ids is not None:
-            self._ids[...] = state["ids"].numpy()
-        if self._qsa is not None and "qsa" in state:
-            self._qsa[...] = state["qsa"].numpy()
-        self._rows = 0
-        self._staged_env = np.zeros(0, dtype=np.int64)
+        self._start = state["start"].numpy().astype(np.int64).copy()
+        self._recorded = int(state["recorded"])
+        steps = [t.numpy() for t in state["steps"]]
+        used = steps[0].shape[0]
+        cap = len(self._act)
+        while cap < used + 1:
+            cap *= 2
+        self._alloc(cap)
+        for b, s in zip(self._buffers(), steps):
+            b[:used] = s
+        self._base = int(state["base"])
+        carry = [t.numpy().copy() for t in state["carry"]]
+        self._carry = carry if carry else None
+
+    def _load_old(self, state: dict) -> None:
+        self._t = int(state["t"])
+        self._base = self._t
+        self._start = np.full(self.num_envs, self._t, dtype=np.int64)
+        self._recorded = 0
         pending = [t.numpy() for t in state["pending"]]
+        staged = len(state["staged_env"]) if "staged_env" in state else 0
         if pending:
-            if len(pending) == len(self._specs) - 1 and self._qsa is not None:
+            if len(pending) == len(self._specs) - 1 and self.track_q:
                 # Written before next_v was tracked: bootstrap values unknown, taken as 0.
                 pending.append(np.zeros(len(pending[1]), dtype=np.float32))
-            self._emit(pending, None)
-        if "staged_env" in state:
-            self._staged_env = state["staged_env"].numpy().astype(np.int64).copy()
+            keep = len(pending[1]) - staged
+            if keep > 0:
+                self._carry = [p[:keep].copy() for p in pending]
+        dropped = int(np.asarray(state["count"]).sum()) + staged
+        if dropped:
+            log.warning("n-step state from an older distdqn: %d open n-step windows dropped", dropped)

@@ -98,6 +98,8 @@ class Actor:
         self._episode_lengths: list[int] = []
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
+        self._chunk_trigger = cfg.chunk_size + self.num_envs * cfg.n_step
+        self._eps_value, self._eps = float("nan"), np.zeros(self.num_envs)
 
     # ------------------------------------------------------------------ envs
 
@@ -107,16 +109,30 @@ class Actor:
         self.obs_shape, self.obs_dtype = tuple(space.shape), space.dtype
         self.num_actions = int(self.envs.single_action_space.n)
         self._episode_seed = np.zeros(self.num_envs, dtype=np.int64)
-        self._actions: list[list[int]] = [[] for _ in range(self.num_envs)]
+        # Actions since each sub-env's episode began (exact resume replays them): one [E]
+        # array per vector step, from vector step `_log_base` on; sub-env i's episode began
+        # at vector step `_episode_start[i]`.
+        self._action_log: list[np.ndarray] = []
+        self._log_base = self.steps
+        self._episode_start = np.full(self.num_envs, self.steps, dtype=np.int64)
 
     def _new_seeds(self, mask: np.ndarray) -> list[int | None]:
         seeds: list[int | None] = [None] * self.num_envs
         for i in np.flatnonzero(mask):
             s = int(self.rng.integers(2**31 - 1))
             self._episode_seed[i] = s
-            self._actions[i] = []
             seeds[i] = s
+        self._episode_start[mask] = self.steps
+        drop = int(self._episode_start.min()) - self._log_base
+        if drop > 256:  # steps no open episode needs any more
+            del self._action_log[:drop]
+            self._log_base += drop
         return seeds
+
+    def _episode_actions(self) -> list[np.ndarray]:
+        """Per sub-env, ``[steps]`` int64 actions since its episode began."""
+        log_ = np.stack(self._action_log) if self._action_log else np.zeros((0, self.num_envs), dtype=np.int64)
+        return [log_[int(self._episode_start[i]) - self._log_base :, i].astype(np.int64) for i in range(self.num_envs)]
 
     def _reset_all(self) -> tuple[np.ndarray, NStepAccumulator]:
         mask = np.ones(self.num_envs, dtype=bool)
@@ -193,7 +209,9 @@ class Actor:
         c = self.cfg
         # Global env steps estimated as this actor's steps times the number of actors.
         eps = linear_epsilon(self.env_steps * self.spec.num_actors, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
-        return np.full(self.num_envs, eps)
+        if eps != self._eps_value:  # constant once the decay is over: keep the array
+            self._eps_value, self._eps = eps, np.full(self.num_envs, eps)
+        return self._eps
 
     def select_actions(self, obs: np.ndarray) -> np.ndarray:
         """Epsilon-greedy actions ``[E]`` int64 from one batched forward pass."""
@@ -276,12 +294,12 @@ class Actor:
         self._since_sync += 1
         self.env_steps += self.num_envs
         self._chunk_env_steps += self.num_envs
-        for i, a in enumerate(actions.tolist()):
-            self._actions[i].append(a)
+        self._action_log.append(actions)
         next_obs = np.asarray(next_obs)
         done = np.logical_or(terminated, truncated)
+        any_done = bool(done.any())
         values = self._acting_values(actions)
-        if done.any():
+        if any_done:
             values.update(self._final_values(next_obs, terminated, truncated))
         if self.frame_dedup:
             next_ids = self._step_frames(obs, next_obs)
@@ -291,7 +309,7 @@ class Actor:
         else:
             self._acc.add(obs, actions, np.asarray(reward, dtype=np.float64), next_obs, terminated, truncated,
                           **values)
-        if done.any():
+        if any_done:
             self._record_episodes(info, done)
             reset_obs, _ = self.envs.reset(seed=self._new_seeds(done), options={"reset_mask": done})
             reset_obs = np.asarray(reset_obs)
@@ -299,7 +317,9 @@ class Actor:
             if self.frame_dedup:
                 self._frame_ids[done] = self._episode_starts(reset_obs[done])
         self._obs = next_obs
-        if len(self._acc) >= self.cfg.chunk_size:
+        # The windows are resolved only here: num_recorded bounds the complete transitions
+        # from above by at most E * n, so the chunk holds at least chunk_size of them.
+        if self._acc.num_recorded >= self._chunk_trigger:
             return self._make_chunk()
         return None
 
@@ -391,7 +411,7 @@ class Actor:
             "env_restarts": self.env_restarts,
             "since_sync": self._since_sync,
             "episode_seed": torch.from_numpy(self._episode_seed.copy()),
-            "actions": [torch.tensor(a, dtype=torch.int64) for a in self._actions],
+            "actions": [torch.from_numpy(a) for a in self._episode_actions()],
             "acc": self._acc.state_dict(),
             "obs": torch.from_numpy(np.ascontiguousarray(self._obs)),
             "episode_returns": list(self._episode_returns),
@@ -428,11 +448,18 @@ class Actor:
         self.steps, self.env_steps = int(state["steps"]), int(state["env_steps"])
         self.env_restarts, self._since_sync = int(state["env_restarts"]), int(state["since_sync"])
         self._episode_seed = state["episode_seed"].numpy().copy()
-        self._actions = [t.tolist() for t in state["actions"]]
+        actions = [t.numpy().astype(np.int64) for t in state["actions"]]
+        longest = max((len(a) for a in actions), default=0)
+        self._log_base = self.steps - longest
+        self._episode_start = np.array([self.steps - len(a) for a in actions], dtype=np.int64)
+        log_ = np.zeros((longest, self.num_envs), dtype=np.int64)
+        for i, a in enumerate(actions):
+            log_[longest - len(a):, i] = a
+        self._action_log = list(log_)
         sub_envs = getattr(self.envs, "envs", None)  # SyncVectorEnv's own envs; envpool has none
         for i, env in enumerate(sub_envs or []):
             env.reset(seed=int(self._episode_seed[i]))
-            for a in self._actions[i]:
+            for a in actions[i].tolist():
                 env.step(a)
         self._acc.load_state_dict(state["acc"])
         self._obs = state["obs"].numpy().copy()
