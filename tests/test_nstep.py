@@ -528,3 +528,32 @@ def test_loads_state_from_before_lazy_windows() -> None:
     np.testing.assert_array_equal(cols[0][:, 0], [0.0, 1.0])
     np.testing.assert_array_equal(cols[-1], [4.0, 5.0])
     assert acc.pop() is None
+
+
+def test_keep_obs_false_gives_the_same_transitions_without_observations() -> None:
+    """Frame-deduplicated actors keep ids, not stacks: every other column is unchanged,
+    through a state_dict round trip too."""
+    e, lengths = 3, [4, 5, 7]
+    kw = dict(track_ids=True, track_q=True)
+    a = NStepAccumulator(e, 3, G, (1,), np.float32, **kw)
+    b_ = NStepAccumulator(e, 3, G, (1,), np.float32, keep_obs=False, **kw)
+    ctr = np.zeros(e, dtype=np.int64)
+    rng = np.random.default_rng(3)
+    for t in range(40):
+        obs = ctr.astype(np.float32).reshape(-1, 1)
+        done = (ctr + 1) == np.asarray(lengths)
+        term, trunc = done & (np.arange(e) != 1), done & (np.arange(e) == 1)
+        act = rng.integers(2, size=e)
+        extra = dict(obs_id=ctr * 10, next_obs_id=ctr * 10 + 10, q_sa=obs[:, 0] / 2, v_obs=obs[:, 0], v_final=obs[:, 0] + 1)
+        a.add(obs, act, ctr + 1.0, obs + 1, term, trunc, **extra)
+        b_.add(None, act, ctr + 1.0, None, term, trunc, **extra)
+        ctr[:] = np.where(done, 0, ctr + 1)
+        if t == 20:
+            state = b_.state_dict()
+            b_ = NStepAccumulator(e, 3, G, (1,), np.float32, keep_obs=False, **kw)
+            b_.load_state_dict(state)
+        if t % 9 == 8:
+            ca, cb = a.pop(), b_.pop()
+            assert cb[0] is None and cb[4] is None
+            for i in (1, 2, 3, 5, 6, 7, 8):
+                np.testing.assert_array_equal(ca[i], cb[i])

@@ -69,6 +69,9 @@ class NStepAccumulator:
         track_q: also carry Q(s_t, a_t) of each transition's first step and V(s') of its
             bootstrap observation (``q_sa``, ``v_obs``, ``v_final`` of :meth:`add`); :meth:`pop`
             then returns them as the last two columns (float32). See the module doc.
+        keep_obs: store the observations; False (frame-deduplicated actors, which send frame
+            ids instead) skips their copies and :meth:`pop` returns None for ``obs`` and
+            ``next_obs`` (``obs`` / ``next_obs`` of :meth:`add` may then be None).
 
     Raises:
         ValueError: ``n_step < 1``.
@@ -84,13 +87,14 @@ class NStepAccumulator:
         autoreset_next_step: bool = False,
         track_ids: bool = False,
         track_q: bool = False,
+        keep_obs: bool = True,
     ):
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
         self.num_envs, self.n, self.gamma = num_envs, n_step, gamma
         self.autoreset_next_step = autoreset_next_step
         self.obs_shape, self.obs_dtype = tuple(obs_shape), np.dtype(obs_dtype)
-        self.track_ids, self.track_q = track_ids, track_q
+        self.track_ids, self.track_q, self.keep_obs = track_ids, track_q, keep_obs
         self._gammas = gamma ** np.arange(n_step + 1, dtype=np.float64)
         self._env_index = np.arange(num_envs)
         # Output columns: obs, action, return, discount, next_obs[, obs_id, next_obs_id][, q_sa, next_v].
@@ -111,8 +115,8 @@ class NStepAccumulator:
 
     def _alloc(self, cap: int) -> None:
         e, shape = self.num_envs, self.obs_shape
-        self._obs = np.zeros((cap, e, *shape), dtype=self.obs_dtype)
-        self._next = np.zeros((cap, e, *shape), dtype=self.obs_dtype)
+        self._obs = np.zeros((cap, e, *shape), dtype=self.obs_dtype) if self.keep_obs else None
+        self._next = np.zeros((cap, e, *shape), dtype=self.obs_dtype) if self.keep_obs else None
         self._act = np.zeros((cap, e), dtype=np.int64)
         self._rew = np.zeros((cap, e), dtype=np.float64)
         self._term = np.zeros((cap, e), dtype=bool)
@@ -205,8 +209,9 @@ class NStepAccumulator:
         if i >= len(self._act):
             self._make_room()
             i = self._t - self._base
-        self._obs[i] = obs
-        self._next[i] = next_obs
+        if self._obs is not None:
+            self._obs[i] = obs
+            self._next[i] = next_obs
         self._act[i] = action
         self._rew[i] = reward
         self._term[i] = terminated
@@ -293,7 +298,9 @@ class NStepAccumulator:
             ret[inside] += self._gammas[j] * self._rew[row[inside] + j, env[inside]]
         term = ended & self._term[last, env]
         disc = np.where(term, 0.0, self._gammas[m])
-        cols = [self._obs[row, env], self._act[row, env], ret, disc, self._next[last, env]]
+        keep = self._obs is not None
+        cols = [self._obs[row, env] if keep else None, self._act[row, env], ret, disc,
+                self._next[last, env] if keep else None]
         if self._ids is not None:
             cols += [self._ids[row, env], self._next_ids[last, env]]
         if self._qsa is not None:
@@ -302,7 +309,8 @@ class NStepAccumulator:
             nxt = np.minimum(last + 1, len(self._vobs) - 1)
             v = np.where(ended, self._vfin[last, env], self._vobs[nxt, env])
             cols += [self._qsa[row, env], np.where(term, 0.0, v)]
-        return [np.asarray(c, dtype=dt).reshape(len(row), *shape) for c, (shape, dt) in zip(cols, self._specs)]
+        return [None if c is None else np.asarray(c, dtype=dt).reshape(len(row), *shape)
+                for c, (shape, dt) in zip(cols, self._specs)]
 
     def _set_aside(self, cols: list[np.ndarray] | None) -> None:
         if cols is None:
@@ -310,7 +318,7 @@ class NStepAccumulator:
         if self._carry is None:
             self._carry = cols
         else:
-            self._carry = [np.concatenate([a, b]) for a, b in zip(self._carry, cols)]
+            self._carry = _concat(self._carry, cols)
 
     def __len__(self) -> int:
         """Transitions complete and not yet popped (resolves the windows: not per step)."""
@@ -355,7 +363,7 @@ class NStepAccumulator:
         cols = self._take(self._t - 1)
         if self._carry is not None:
             carry, self._carry = self._carry, None
-            cols = carry if cols is None else [np.concatenate([a, b]) for a, b in zip(carry, cols)]
+            cols = carry if cols is None else _concat(carry, cols)
         return None if cols is None else tuple(cols)
 
     def reset(self, mask: np.ndarray | None = None) -> None:
@@ -393,7 +401,7 @@ class NStepAccumulator:
             "prev_done": torch.from_numpy(self._prev_done.copy()),
             "recorded": self._recorded,
             "steps": [torch.from_numpy(b[lo:hi].copy()) for b in self._buffers()],
-            "carry": [torch.from_numpy(c.copy()) for c in self._carry] if self._carry is not None else [],
+            "carry": [torch.from_numpy(c.copy()) for c in self._carry if c is not None] if self._carry is not None else [],
         }
         return state
 
@@ -419,6 +427,8 @@ class NStepAccumulator:
             b[:used] = s
         self._base = int(state["base"])
         carry = [t.numpy().copy() for t in state["carry"]]
+        if carry and not self.keep_obs:
+            carry = [None, *carry[:3], None, *carry[3:]]
         self._carry = carry if carry else None
 
     def _load_old(self, state: dict) -> None:
@@ -435,6 +445,13 @@ class NStepAccumulator:
             keep = len(pending[1]) - staged
             if keep > 0:
                 self._carry = [p[:keep].copy() for p in pending]
+                if not self.keep_obs:
+                    self._carry[0] = self._carry[4] = None
         dropped = int(np.asarray(state["count"]).sum()) + staged
         if dropped:
             log.warning("n-step state from an older distdqn: %d open n-step windows dropped", dropped)
+
+
+def _concat(a: list, b: list) -> list:
+    """Column-wise concatenation of two column lists (None columns stay None)."""
+    return [None if x is None else np.concatenate([x, y]) for x, y in zip(a, b)]

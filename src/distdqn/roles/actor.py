@@ -6,8 +6,8 @@ Frame deduplication (``ActorSpec.frame_dedup``, stacked-frame observations such 
 sub-env's observation after each step, and the reset frame at each episode start) with its
 own *actor frame id*, and sends compact chunks: the new frames since the previous chunk,
 each with the id of its predecessor in the episode, plus per transition the ids of the
-newest frames of ``obs`` and ``next_obs`` (:class:`~distdqn.core.FrameBlock`). It still keeps
-whole stacks in its n-step windows, for the initial-priority forward pass. It checks every
+newest frames of ``obs`` and ``next_obs`` (:class:`~distdqn.core.FrameBlock`). Its n-step
+windows keep frame ids, not stacks (initial priorities come from the acting passes). It checks every
 step that observations really are such stacks (``next_obs[:-1] == obs[1:]``, and a reset
 stack repeats one frame), since the replay rebuilds them on that assumption.
 """
@@ -138,7 +138,8 @@ class Actor:
         mask = np.ones(self.num_envs, dtype=bool)
         obs, _ = self.envs.reset(seed=self._new_seeds(mask))
         acc = NStepAccumulator(self.num_envs, self.cfg.n_step, self.spec.gamma, self.obs_shape, self.obs_dtype,
-                               track_ids=self.frame_dedup, track_q=self.spec.compute_priorities)
+                               track_ids=self.frame_dedup, track_q=self.spec.compute_priorities,
+                               keep_obs=not self.frame_dedup)
         obs = np.array(obs)
         if self.frame_dedup:
             self._frame_ids = self._episode_starts(obs)
