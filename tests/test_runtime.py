@@ -210,7 +210,8 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def _actor_pids(pid: int) -> list[int]:
+def _spawned_pids(pid: int) -> list[int]:
+    """Children started with multiprocessing's spawn: the actors and the evaluator process."""
     pids = []
     for c in _children(pid):
         try:
@@ -265,7 +266,7 @@ def test_local_learns_cartpole_past_200(tmp_path):
 @pytest.mark.slow
 def test_local_sigterm_leaves_no_orphans_and_a_checkpoint(tmp_path):
     proc, run = _start_train(tmp_path, "--total-env-steps", "10000000", "--set", "eval.target_return=null")
-    _wait_for(lambda: len(_actor_pids(proc.pid)) == 2)
+    _wait_for(lambda: len(_spawned_pids(proc.pid)) == 3)  # 2 actors and the evaluator
     kids = _children(proc.pid)
     _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 3)
     proc.send_signal(signal.SIGTERM)
@@ -285,10 +286,12 @@ def test_local_sigterm_leaves_no_orphans_and_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_local_killed_actor_is_restarted(tmp_path):
-    proc, run = _start_train(tmp_path, "--total-env-steps", "40000", "--set", "eval.target_return=null")
-    _wait_for(lambda: len(_actor_pids(proc.pid)) == 2)
+    # Evaluation in line, so that every spawned child is an actor.
+    proc, run = _start_train(tmp_path, "--total-env-steps", "40000", "--set", "eval.target_return=null",
+                             "--set", "eval.separate_process=false")
+    _wait_for(lambda: len(_spawned_pids(proc.pid)) == 2)
     _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 2)
-    victim = _actor_pids(proc.pid)[0]
+    victim = _spawned_pids(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
@@ -348,3 +351,46 @@ def test_receiver_survives_actor_killed_mid_message():
     t.join(timeout=30)
     assert not t.is_alive(), "receiver blocked on a half-written message"
     assert errors == [] and inbox.empty()
+
+
+def test_evaluator_process_matches_in_line_evaluation_and_reports_its_death() -> None:
+    """The local runtime's evaluator process (eval.separate_process) returns the same
+    returns as an in-line evaluation with the same index and parameters; when it dies,
+    it says so (the learner process then evaluates in line)."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from distdqn.program import build_evaluator, build_network
+    from distdqn.core import flat_params
+    from distdqn.runtime.local import EvalProcess
+
+    cfg = small_cfg(**{"env.max_episode_steps": 60})
+    spaces = spaces_for(cfg)
+    params = flat_params(build_network(cfg, spaces))
+    in_line = build_evaluator(cfg, spaces)
+    in_line.evaluations = 3
+    want = in_line.evaluate(params, 4)
+    in_line.close()
+    ev = EvalProcess(mp.get_context("spawn"), cfg, spaces)
+    try:
+        assert not ev.busy and ev.poll() is None
+        ev.submit(3, params, 4, 1234)
+        assert ev.busy
+        got = None
+        for _ in range(6000):  # the process imports torch and gymnasium first
+            got = ev.poll()
+            if got is not None:
+                break
+            time.sleep(0.01)
+        assert got is not None and not ev.busy
+        returns, env_steps = got
+        assert env_steps == 1234
+        np.testing.assert_array_equal(returns, want)
+        ev._proc.kill()
+        ev._proc.join(timeout=10)
+        ev.submit(4, params, 4, 1300)
+        assert ev.poll() is None
+        assert not ev.alive and not ev.busy
+    finally:
+        ev.close()

@@ -166,8 +166,9 @@ def test_local_gorila_killed_learner_is_restarted(tmp_path):
 
     from test_runtime import _children, _start_train, _wait_for
 
+    # Evaluation in line, so that every spawned child is an actor or a learner.
     proc, run = _start_train(tmp_path, "--preset", "gorila", "--learners", "2", "--total-env-steps", "30000",
-                             "--set", "eval.target_return=null")
+                             "--set", "eval.target_return=null", "--set", "eval.separate_process=false")
 
     def learners():
         out = []

@@ -218,6 +218,10 @@ class EvalConfig:
     """Stop training once the evaluation mean return reaches this. None: run all steps."""
     epsilon: float = 0.0
     """Exploration during evaluation (0: greedy)."""
+    separate_process: bool = True
+    """Local runtime: evaluate in a process of its own while learning goes on (a due
+    evaluation waits while one is running). ``false``: in the learner process, which pauses
+    learning meanwhile. The serial and Ray runtimes always evaluate in line."""
 
 
 @dataclass(frozen=True)

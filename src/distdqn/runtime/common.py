@@ -277,17 +277,29 @@ class Coordinator:
     def evaluate(self) -> bool:
         """Greedy evaluation with the newest learner parameters; True when the target return
         is reached (the run should stop)."""
+        self.begin_evaluation()
+        returns = self.evaluator.evaluate(self.current_params(), self.cfg.eval.eval_episodes)
+        return self.record_evaluation(returns, self.c.env_steps)
+
+    def begin_evaluation(self) -> int:
+        """Schedule the next evaluation; returns this evaluation's index (which seeds its
+        episodes, see :class:`~distdqn.roles.evaluator.Evaluator`)."""
         period = self.cfg.eval.eval_period
         while self.c.next_eval_at <= self.c.env_steps:
             self.c.next_eval_at += period if period > 0 else self.cfg.total_env_steps
-        returns = self.evaluator.evaluate(self.current_params(), self.cfg.eval.eval_episodes)
+        return self.evaluator.evaluations
+
+    def record_evaluation(self, returns: np.ndarray, env_steps: int) -> bool:
+        """Record the returns of an evaluation of the parameters taken at ``env_steps``
+        (solved-at counts those env steps and the wall time now); True when the target
+        return is reached."""
         self.c.evals += 1
         self.c.last_eval_returns = [float(x) for x in returns]
         self.c.last_eval_return = float(np.mean(returns))
         target = self.cfg.eval.target_return
         solved = target is not None and self.c.last_eval_return >= target
         if solved and self.c.solved_at_env_steps < 0:
-            self.c.solved_at_env_steps = self.c.env_steps
+            self.c.solved_at_env_steps = env_steps
             self.c.solved_at_wall_time = self.wall_time()
         self.log_row(force=True)
         return solved
@@ -396,14 +408,29 @@ class Coordinator:
             self.replay.load_state_dict(state["replay"])
         self.restored_extra = state.get("extra") or {}
 
-    def tick(self, checkpoint_extra: Callable[[], dict[str, Any]] | None = None) -> str | None:
+    def tick(self, checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+             eval_runner: Any = None) -> str | None:
         """The end-of-pass duties of the multi-process runtimes: the env-step budget, a due
         evaluation (stopping at the target return), a due metrics row, a due checkpoint
-        (with ``checkpoint_extra()``). Returns why the run should stop, or None."""
+        (with ``checkpoint_extra()``). Returns why the run should stop, or None.
+
+        ``eval_runner`` (local runtime): evaluations run there (``submit(index, params,
+        episodes, env_steps)``, ``busy``, ``poll() -> (returns, env_steps) | None``) while
+        learning goes on; None: in line."""
+        if eval_runner is not None:
+            done = eval_runner.poll()
+            if done is not None and self.record_evaluation(*done):
+                return "target_return"
         if self.c.env_steps >= self.cfg.total_env_steps:
             return "total_env_steps"
-        if self.eval_due() and self.evaluate():
-            return "target_return"
+        if self.eval_due():
+            if eval_runner is None:
+                if self.evaluate():
+                    return "target_return"
+            elif not eval_runner.busy:
+                k = self.begin_evaluation()
+                self.evaluator.evaluations = k + 1  # the runner's evaluator uses index k
+                eval_runner.submit(k, self.current_params(), self.cfg.eval.eval_episodes, self.c.env_steps)
         if self.log_due():
             self.log_row()
         if self.checkpoint_due():

@@ -1,5 +1,5 @@
 """Local runtime: one process per actor (``spawn``), the learner process owning replay,
-learning, evaluation, metrics and checkpoints.
+learning, metrics and checkpoints, and an evaluator process.
 
 Data paths:
 
@@ -14,6 +14,9 @@ Data paths:
 - parameters: one shared-memory float32 vector plus a version under a sequence lock
   (:class:`SharedParams`). The learner writes every ``publish_period`` updates; actors
   poll the version every ``param_sync_period`` steps and copy only when it is newer.
+- evaluation (``eval.separate_process``): an :class:`EvalProcess` gets the learner's
+  newest parameters with each request over a pipe and returns the episode returns, while
+  learning goes on.
 
 Supervision: an actor process that dies is restarted (``actor_restarts``) with a fresh
 pipe. SIGINT/SIGTERM stop the run gracefully: actors are told to stop, joined (killed
@@ -41,7 +44,7 @@ import torch
 from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_actor
+from distdqn.program import build_actor, build_evaluator
 from distdqn.runtime.common import Coordinator, RunAborted, StopRequest
 from distdqn.runtime.learner_procs import RemoteLearners
 
@@ -144,6 +147,89 @@ def actor_main(
         out_conn.close()
 
 
+def evaluator_main(cfg: ExperimentConfig, spaces: EnvSpaces, conn: Any) -> None:
+    """Body of the evaluator process: ``(index, params, episodes, env_steps)`` requests in,
+    ``(returns, env_steps)`` out, until ``None`` or end-of-file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="[evaluator] %(levelname)s %(message)s")
+    evaluator = build_evaluator(cfg, spaces)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the learner process is gone
+                return
+            if msg is None:
+                return
+            index, params, episodes, env_steps = msg
+            evaluator.evaluations = index  # seeds this evaluation's episodes like in-line ones
+            returns = evaluator.evaluate(params, episodes)
+            try:
+                conn.send((returns, env_steps))
+            except OSError:  # the learner process is gone
+                return
+    finally:
+        evaluator.close()
+        conn.close()
+
+
+class EvalProcess:
+    """The evaluator role in a process of its own (``eval.separate_process``): greedy
+    episodes run there while the learner process goes on learning. One evaluation at a
+    time. If the process dies, ``alive`` turns False (the caller evaluates in line)."""
+
+    def __init__(self, ctx: Any, cfg: ExperimentConfig, spaces: EnvSpaces):
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=evaluator_main, args=(cfg, spaces, child), name="distdqn-evaluator",
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        self.busy = False
+        self.alive = True
+
+    def submit(self, index: int, params: np.ndarray, episodes: int, env_steps: int) -> None:
+        """Start evaluation ``index`` of ``params`` (taken at ``env_steps``)."""
+        try:
+            self._conn.send((index, params, episodes, env_steps))
+            self.busy = True
+        except OSError:
+            self._lost()
+
+    def poll(self) -> tuple[np.ndarray, int] | None:
+        """``(returns, env_steps)`` of the finished evaluation, or None."""
+        if not self.busy:
+            return None
+        try:
+            if not self._conn.poll():
+                if not self._proc.is_alive():
+                    self._lost()
+                return None
+            returns, env_steps = self._conn.recv()
+        except (EOFError, OSError):
+            self._lost()
+            return None
+        self.busy = False
+        return returns, env_steps
+
+    def _lost(self) -> None:
+        log.warning("the evaluator process died (exit code %s); evaluating in the learner process from now on",
+                    self._proc.exitcode)
+        self.busy, self.alive = False, False
+
+    def close(self) -> None:
+        """Stop the process (an evaluation in flight is abandoned)."""
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(timeout=2.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._conn.close()
+
+
 def _receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event, arrived: threading.Event) -> None:
     """Receiver thread: pipe -> inbox until end-of-file (the actor exited or died); sets
     ``arrived`` after each chunk (the main loop sleeps on it when it has nothing to do)."""
@@ -235,7 +321,10 @@ def run_local(
     stop.install()
     error: BaseException | None = None
     chunk_size = cfg.actor.chunk_size
+    evaluator: EvalProcess | None = None
     try:
+        if cfg.eval.separate_process and cfg.eval.eval_period > 0 and not collect_only:
+            evaluator = EvalProcess(ctx, cfg, spaces)
         if remote is not None:
             remote.start(co.current_params())
         if not cfg.colocate:  # colocated actors live in the learner workers
@@ -307,7 +396,8 @@ def run_local(
                         else:
                             raise LearnerLostError(f"learner {rank} died; synchronous learners cannot continue "
                                                    "without it (its peers would wait in the collective)")
-            reason = co.tick(lambda: {"actor_generations": [h.generation for h in handles]})
+            reason = co.tick(lambda: {"actor_generations": [h.generation for h in handles]},
+                             evaluator if evaluator is not None and evaluator.alive else None)
             if reason is not None:
                 stop.set(reason)
                 break
@@ -323,6 +413,8 @@ def run_local(
         stop.reason = "interrupted"
     finally:
         stop.restore()
+        if evaluator is not None:
+            evaluator.close()
         if remote is not None:
             remote.stop()
             for reply in remote.results():
