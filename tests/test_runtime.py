@@ -240,13 +240,31 @@ def _wait_for(cond, limit_s: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_started_runs():
+    """A test that fails before its `distdqn train` ends must not leave it running (it
+    would load the machine for every later test)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+
+
 def _start_train(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """`distdqn train` in a subprocess (killed after the test if still running; a test in
+    another module that calls this must use the `_kill_started_runs` fixture)."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [*CLI, "train", "--run-dir", str(run), "--no-progress", "--actors", "2",
          "--set", "replay.min_replay_size=256", "--set", "eval.eval_episodes=5", *extra],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    _STARTED.append(proc)
     return proc, run
 
 

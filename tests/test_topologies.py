@@ -10,6 +10,7 @@ from distdqn.config import from_dict
 from distdqn.core import TransitionChunk
 from distdqn.program import build_parameter_server, build_replay, spaces_for
 from distdqn.runtime.updaters import GorilaUpdater, SyncUpdater
+from test_runtime import _kill_started_runs  # noqa: F401  (autouse: no `distdqn train` outlives its test)
 
 
 def _cfg(preset: str, **learner):
