@@ -132,10 +132,22 @@ class NStepAccumulator:
         return [b for b in (self._obs, self._next, self._act, self._rew, self._term, self._done, self._valid,
                             self._ids, self._next_ids, self._qsa, self._vobs, self._vfin) if b is not None]
 
+    def _first_row(self) -> int:
+        """Buffer row of the oldest start not yet popped (rows before it are not needed)."""
+        first = int(self._start.min()) if self.num_envs else self._t
+        return min(max(first - self._base, 0), self._t - self._base)
+
+    def _active(self, lo: int, hi: int) -> np.ndarray:
+        """``[hi - lo, E]`` bool: rows that start a transition not yet popped."""
+        steps = np.arange(lo, hi) + self._base
+        return self._valid[lo:hi] & (steps[:, None] >= self._start[None, :])
+
+    def _carried(self) -> int:
+        return 0 if self._carry is None else len(self._carry[1])
+
     def _make_room(self) -> None:
         """Drop the rows before the oldest start still needed; grow when that frees too little."""
-        keep_from = int(self._start.min()) - self._base if self.num_envs else self._t - self._base
-        keep_from = max(0, min(keep_from, self._t - self._base))
+        keep_from = self._first_row()
         used = self._t - self._base - keep_from
         cap = len(self._act)
         if used + 1 > cap // 2:  # grow: at most a few windows' worth is ever kept
@@ -235,22 +247,20 @@ class NStepAccumulator:
     # ------------------------------------------------------------------ resolving windows
 
     def _scan(self, v_through: int) -> dict | None:
-        """The complete, not yet popped transitions (without changing anything).
+        """The complete, not yet popped transitions, in emission order (changes nothing).
 
         ``v_through``: the last absolute step whose ``v_obs`` is known (track_q). Returns
-        None when there are none, else a dict of ``[T]`` arrays: ``row`` (start row in the
-        step buffers), ``env``, ``m`` (steps in the window), ``ended`` (the window ends with
-        its episode), ``order`` (emission order), plus ``incomplete`` ``[K, E]`` bool.
+        None when nothing is recorded, else a dict: ``count`` and, per transition, ``row``
+        (its start row in the step buffers), ``env``, ``m`` (steps in the window) and
+        ``ended`` (the window ends with its episode); ``incomplete`` ``[K, E]`` bool marks
+        the starts still open, from buffer row ``lo``.
         """
-        lo = int(self._start.min()) - self._base if self.num_envs else 0
-        lo = max(lo, 0)
-        hi = self._t - self._base
+        lo, hi = self._first_row(), self._t - self._base
         k = hi - lo
         if k <= 0:
             return None
         n = self.n
-        rows = np.arange(lo, hi)
-        active = self._valid[lo:hi] & ((rows + self._base)[:, None] >= self._start[None, :])
+        active = self._active(lo, hi)
         done = self._done[lo:hi]
         alive = np.ones((k, self.num_envs), dtype=bool)
         m = np.zeros((k, self.num_envs), dtype=np.int64)  # steps to the episode end (0: none within n)
@@ -259,11 +269,12 @@ class NStepAccumulator:
             m[: k - j][d] = j + 1
             alive[: k - j] &= ~done[j:]
         ended = m > 0
-        # A window that goes on needs its n steps, and with track_q the next step's v_obs.
-        need = n if not self.track_q else n + 1
-        last_ok = (v_through - self._base + 1 if self.track_q else hi) - lo  # rows known for the bootstrap
-        full_ok = np.zeros(k, dtype=bool)
-        full_ok[: max(0, min(k, last_ok - need + 1, k - n + 1))] = True
+        # A window that goes on from row r needs rows r..r+n-1, and with track_q the v_obs of
+        # row r+n: the first `n_full` rows qualify.
+        n_full = k - n + 1
+        if self.track_q:
+            n_full = min(n_full, v_through - self._base + 1 - lo - n)
+        full_ok = np.arange(k) < n_full
         complete = active & (ended | full_ok[:, None])
         incomplete = active & ~complete
         r_idx, e_idx = np.nonzero(complete)
@@ -320,17 +331,19 @@ class NStepAccumulator:
         else:
             self._carry = _concat(self._carry, cols)
 
+    def _complete(self, v_through: int) -> int:
+        s = self._scan(v_through)
+        return 0 if s is None else s["count"]
+
     def __len__(self) -> int:
         """Transitions complete and not yet popped (resolves the windows: not per step)."""
-        s = self._scan(self._t - 1)
-        carried = 0 if self._carry is None else len(self._carry[1])
-        return carried + (0 if s is None else s["count"])
+        return self._carried() + self._complete(self._t - 1)
 
     @property
     def num_recorded(self) -> int:
         """Sub-env steps recorded whose transitions are not yet popped: an O(1) bound,
         ``len(self) <= num_recorded <= len(self) + E * n``."""
-        return self._recorded + (0 if self._carry is None else len(self._carry[1]))
+        return self._recorded + self._carried()
 
     @property
     def num_staged(self) -> int:
@@ -338,9 +351,7 @@ class NStepAccumulator:
         (``track_q``: the next :meth:`add`'s ``v_obs``, or :meth:`resolve`)."""
         if not self.track_q:
             return 0
-        s = self._scan(self._t)  # as if the next v_obs were known
-        carried = 0 if self._carry is None else len(self._carry[1])
-        return carried + (0 if s is None else s["count"]) - len(self)
+        return self._complete(self._t) - self._complete(self._t - 1)  # as if the next v_obs were known
 
     def resolve(self, v_obs: np.ndarray) -> None:
         """Complete the staged transitions with ``v_obs`` (``[E]`` max_a Q of the sub-envs'
@@ -375,24 +386,16 @@ class NStepAccumulator:
         self._set_aside(self._take(self._t - 1))
         mask = np.asarray(mask, dtype=bool)
         self._prev_done[mask] = False
-        dropped = self._open_counts()[mask].sum()
-        self._recorded -= int(dropped)
+        open_starts = self._active(self._first_row(), self._t - self._base).sum(axis=0)
+        self._recorded -= int(open_starts[mask].sum())
         self._start[mask] = self._t
-
-    def _open_counts(self) -> np.ndarray:
-        """``[E]`` valid recorded steps per sub-env from its first unpopped start."""
-        lo = max(int(self._start.min()) - self._base, 0) if self.num_envs else 0
-        hi = self._t - self._base
-        rows = np.arange(lo, hi) + self._base
-        return (self._valid[lo:hi] & (rows[:, None] >= self._start[None, :])).sum(axis=0)
 
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict:
         """Recorded steps from the oldest unpopped start on, and transitions set aside
         (torch tensors / ints only)."""
-        lo = max(int(self._start.min()) - self._base, 0) if self.num_envs else 0
-        hi = self._t - self._base
+        lo, hi = self._first_row(), self._t - self._base
         state = {
             "format": _STATE_FORMAT,
             "t": self._t,
