@@ -35,8 +35,8 @@ def test_defaults_validate() -> None:
     cfg = ExperimentConfig()
     assert cfg.replay.capacity == 100_000 and cfg.learner.batch_size == 64
     assert from_dict({}) == cfg
-    # default error buffer: 4 * max(samples_per_insert, batch_size)
-    assert error_buffer(cfg) == 4.0 * 64  # 4 x max(samples_per_insert=16, batch_size=64)
+    # default error buffer: 4 * max(samples_per_insert, transitions per learning step)
+    assert error_buffer(cfg) == 4.0 * 64 * 4  # 4 x max(spi=16, batch_size=64 x batches_per_sample=4)
 
 
 INVALID = [
@@ -139,21 +139,27 @@ def test_unknown_preset() -> None:
 
 def test_error_buffer_smaller_than_batch_deadlock() -> None:
     with pytest.raises(ConfigError) as exc:
-        from_dict({"replay": {"error_buffer": 64.0}, "learner": {"batch_size": 128}})  # spi 16 -> need 128
+        from_dict({"replay": {"error_buffer": 64.0},  # spi 16 -> need 128
+                   "learner": {"batch_size": 128, "batches_per_sample": 1}})
     assert exc.value.key == "replay.error_buffer"
     assert "replay.error_buffer=64.0" in str(exc.value)
     assert "128" in str(exc.value) and "deadlock" in str(exc.value)
     # exactly the bound is fine
-    assert from_dict({"replay": {"error_buffer": 128.0}, "learner": {"batch_size": 128}}).replay.error_buffer == 128.0
+    assert from_dict({"replay": {"error_buffer": 128.0},
+                      "learner": {"batch_size": 128, "batches_per_sample": 1}}).replay.error_buffer == 128.0
+    # an apex step samples batches_per_sample batches at once: 3 x 64 = 192 needed
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"replay": {"error_buffer": 128.0}, "learner": {"batch_size": 64, "batches_per_sample": 3}})
+    assert exc.value.key == "replay.error_buffer" and "192" in str(exc.value)
 
 
 def test_error_buffer_smaller_than_samples_per_insert() -> None:
-    data = {"replay": {"samples_per_insert": 200.0, "error_buffer": 150.0}}
+    data = {"replay": {"samples_per_insert": 200.0, "error_buffer": 150.0}, "learner": {"batches_per_sample": 1}}
     with pytest.raises(ConfigError) as exc:
         from_dict(data)
     assert exc.value.key == "replay.error_buffer" and "200" in str(exc.value)
     # the default (None) resolves to 4 * 200 = 800 and is fine
-    cfg = from_dict({"replay": {"samples_per_insert": 200.0}})
+    cfg = from_dict({"replay": {"samples_per_insert": 200.0}, "learner": {"batches_per_sample": 1}})
     assert error_buffer(cfg) == 800.0
 
 
@@ -340,3 +346,14 @@ def test_replace_returns_validated_copy() -> None:
     assert cfg.replay.capacity == 100_000 and cfg.actor.chunk_size == 64
     with pytest.raises(Exception):
         cfg.replay.capacity = 5  # type: ignore[misc]  (frozen)
+
+
+def test_batches_per_sample_is_for_apex() -> None:
+    assert from_dict({"preset": "gorila"}).learner.batches_per_sample == 1
+    assert from_dict({"preset": "sync"}).learner.batches_per_sample == 1
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"preset": "gorila", "learner": {"batches_per_sample": 4}})
+    assert exc.value.key == "learner.batches_per_sample" and "gorila" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"learner": {"batches_per_sample": 0}})
+    assert exc.value.key == "learner.batches_per_sample"

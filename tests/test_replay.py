@@ -257,6 +257,44 @@ def test_importance_weights_match_hand_computation_and_beta_anneals() -> None:
     assert replay.beta == 1.0 and replay.sample_calls == 12 and replay.samples == 48
 
 
+def test_multi_batch_draw_stratifies_each_batch_over_the_whole_mass() -> None:
+    # 12 equal priorities, 3 batches of 4: M = 12 segments of one leaf each; batch j row r
+    # takes segment j + 3r, so it holds exactly leaves j, j + 3, j + 6, j + 9.
+    replay = Replay(cfg(priority_exponent=1.0, capacity=16), 4, (4,), np.float32, seed=0)
+    replay.insert(make_chunk(0, 12, priority=np.ones(12)))
+    b = replay.sample(4, num_batches=3)
+    assert b.obs.shape == (12, 4) and b.keys.shape == (12,)
+    parts = b.split(3)
+    for j, part in enumerate(parts):
+        np.testing.assert_array_equal(part.keys, [j, j + 3, j + 6, j + 9])
+        np.testing.assert_array_equal(part.action.numpy(), part.keys)  # rows stay with their keys
+    assert replay.sample_calls == 3 and replay.samples == 12  # beta anneals per batch
+    # Weights are normalized per batch: each batch's largest weight is 1.
+    replay.update_priorities(np.arange(12), np.arange(1.0, 13.0))
+    for part in replay.sample(4, num_batches=3).split(3):
+        assert part.weights.max().item() == 1.0
+    # The marginal over all rows is still proportional to priority (chi-square).
+    priorities = np.array([0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
+    replay = Replay(cfg(priority_exponent=1.0, priority_epsilon=1e-3), 8, (4,), np.float32, seed=5)
+    replay.insert(make_chunk(0, 8, priority=priorities))
+    counts = np.zeros(8)
+    for _ in range(1250):  # 40,000 draws
+        counts += np.bincount(replay.sample(8, num_batches=4).keys, minlength=8)
+    p = priorities.astype(np.float32).astype(np.float64) + 1e-3
+    assert chi_square(counts, p / p.sum()) < CHI2_CRIT_P001[7]
+
+
+def test_multi_batch_draw_errors() -> None:
+    a = Replay(cfg(capacity=64), 8, (4,), np.float32, seed=9)
+    a.insert(make_chunk(0, 40, priority=np.linspace(0.1, 4.0, 40)))
+    x = a.sample(8)
+    assert x.split(1) == [x]
+    with pytest.raises(ValueError, match="num_batches"):
+        a.sample(8, num_batches=0)
+    with pytest.raises(ValueError, match="split"):
+        x.split(3)
+
+
 def test_initial_priority_max_vs_actor() -> None:
     eps, alpha = 1e-3, 0.6
     for mode in ("max", "actor"):

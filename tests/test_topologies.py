@@ -9,7 +9,7 @@ import torch
 from distdqn.config import from_dict
 from distdqn.core import TransitionChunk
 from distdqn.program import build_parameter_server, build_replay, spaces_for
-from distdqn.runtime.updaters import GorilaUpdater, SyncUpdater
+from distdqn.runtime.updaters import ApexUpdater, GorilaUpdater, SyncUpdater
 from test_runtime import _kill_started_runs  # noqa: F401  (autouse: no `distdqn train` outlives its test)
 
 
@@ -31,6 +31,34 @@ def _filled(cfg, n=512, actors=1, seed=0):
             reward=rng.normal(size=per).astype(np.float32), discount=np.full(per, 0.97, np.float32),
             next_obs=rng.normal(size=(per, 4)).astype(np.float32), actor_id=a))
     return spaces, replay
+
+
+def test_apex_step_learns_on_each_batch_of_one_draw_then_updates_priorities():
+    """An apex step with batches_per_sample = 3 == one 3-batch draw, three learner steps on
+    its batches in order, then one priority update with all their |TD errors|."""
+    cfg = _cfg("apex", batches_per_sample=3, publish_period=4)
+    spaces, replay_a = _filled(cfg, seed=2)
+    _, replay_b = _filled(cfg, seed=2)
+    ps = build_parameter_server(cfg, spaces)
+    up = ApexUpdater(cfg, spaces, ps)
+    assert up.can_step(replay_a)
+    published = [up.step(replay_a) for _ in range(3)]
+    assert up.updates == 9 and replay_a.samples == 9 * 32 and replay_a.sample_calls == 9
+    assert published == [False, True, True]  # updates 3, 6 (crosses 4), 9 (crosses 8)
+    from distdqn.program import build_learner
+
+    ref = build_learner(cfg, spaces)
+    for _ in range(3):
+        batch = replay_b.sample(32, num_batches=3)
+        td = [ref.learn(part).td_abs for part in batch.split(3)]
+        replay_b.update_priorities(batch.keys, np.concatenate(td))
+    assert np.array_equal(up.params(), ref.get_params())
+    assert np.array_equal(replay_a.tree.leaves(), replay_b.tree.leaves())  # same priorities
+    # the tree holds (|td| + eps)^alpha of the last step's keys
+    r = cfg.replay
+    last = batch.keys[-1]
+    want = (abs(float(td[-1][-1])) + r.priority_epsilon) ** r.priority_exponent
+    assert replay_a.tree[np.array([last % r.capacity])][0] == pytest.approx(want, rel=1e-6)
 
 
 def test_gorila_round_staleness_pattern():

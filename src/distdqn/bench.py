@@ -443,7 +443,8 @@ class BareUpdate:
 def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, run_dir: Path) -> dict[str, Any]:
     """(b) figure and ceiling, in this process, alternating in :data:`LEARNING_ROUNDS` rounds.
 
-    Figure: :meth:`Coordinator.learn_step` (sample -> learn -> update_priorities, and
+    Figure: updates per second of :meth:`Coordinator.learn_step` (sample
+    ``learner.batches_per_sample`` batches -> learn on each -> update_priorities, and
     ``ps.set_params`` every ``publish_period`` updates) plus the local runtime's write of
     each published vector to shared memory, on a replay filled with random transitions,
     ``samples_per_insert=0`` so the rate limiter never blocks. Ceiling: :class:`BareUpdate`.
@@ -480,6 +481,12 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
             if co.learn_step():
                 shared.write(co.ps.version, co.ps.get_params()[1])
 
+        def learner_updates(seconds: float) -> tuple[int, float]:
+            # A learn step takes learner.batches_per_sample updates: count updates, not calls.
+            before = co.updates
+            _, t = _timed(learner_step, seconds)
+            return co.updates - before, t
+
         device = resolve_device(c.learner.device)
         bare = BareUpdate(c, spaces, device)
         for _ in range(20):  # warm-up (allocator, autograd graph caches)
@@ -490,7 +497,7 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
         for _ in range(LEARNING_ROUNDS):
             k, t = _timed(bare, seconds / LEARNING_ROUNDS, bare.sync)
             n_b, t_b = n_b + k, t_b + t
-            k, t = _timed(learner_step, seconds / LEARNING_ROUNDS)
+            k, t = learner_updates(seconds / LEARNING_ROUNDS)
             n_l, t_l = n_l + k, t_l + t
     finally:
         co.metrics.close()

@@ -142,6 +142,12 @@ class LearnerConfig:
     """Learner: loss, optimizer, target network."""
 
     batch_size: int = 64
+    batches_per_sample: int = 4
+    """``apex``: batches drawn from replay in one call; the learner takes one optimizer step
+    on each in turn, then updates all their priorities at once. One call costs about as
+    much as a single batch, so replay work per update falls (on 2 CPU cores, 16% -> 5% of
+    an update); priorities reach the tree up to ``batches_per_sample - 1`` updates late,
+    as with Ape-X's asynchronous replay. ``gorila`` and ``sync`` take 1."""
     learning_rate: float = 2.3e-3
     optimizer: Literal["adam", "rmsprop"] = "adam"
     adam_epsilon: float = 1.5e-4
@@ -270,9 +276,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "apex": {},
     # Gorila (Nair et al. 2015): several learners push gradients computed on the parameters
     # they last pulled; the parameter server applies them with its own optimizer.
-    "gorila": {"learner": {"num_learners": 2}},
+    "gorila": {"learner": {"num_learners": 2, "batches_per_sample": 1}},
     # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
-    "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce"}},
+    "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce", "batches_per_sample": 1}},
 }
 
 
@@ -335,6 +341,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(r.samples_per_insert >= 0, "replay.samples_per_insert", r.samples_per_insert, ">= 0")
     lr = cfg.learner
     _check(lr.batch_size >= 1, "learner.batch_size", lr.batch_size, pos)
+    _check(lr.batches_per_sample >= 1, "learner.batches_per_sample", lr.batches_per_sample, pos)
+    _check(lr.batches_per_sample == 1 or cfg.preset == "apex", "learner.batches_per_sample",
+           lr.batches_per_sample, f"1 with preset {cfg.preset} (several batches per sample is for apex)")
     _check(lr.batch_size <= r.min_replay_size <= r.capacity, "replay.min_replay_size",
            r.min_replay_size, f"learner.batch_size ({lr.batch_size}) <= value <= replay.capacity ({r.capacity})")
     if r.samples_per_insert > 0:
@@ -394,8 +403,9 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def sample_unit(cfg: ExperimentConfig) -> int:
-    """Transitions sampled at once: one batch, or one per learner for a synchronous round."""
-    m = cfg.learner.num_learners if cfg.preset == "sync" else 1
+    """Transitions sampled at once: ``batches_per_sample`` batches (apex), or one per learner
+    for a synchronous round."""
+    m = cfg.learner.num_learners if cfg.preset == "sync" else cfg.learner.batches_per_sample
     return cfg.learner.batch_size * m
 
 

@@ -184,6 +184,29 @@ class SampledBatch:
     keys: np.ndarray
     probs: np.ndarray | None = None
 
+    def split(self, num_batches: int) -> list[SampledBatch]:
+        """The ``[num_batches * B]`` rows of a multi-batch draw (``Replay.sample(B,
+        num_batches)``) as ``num_batches`` batches of ``B`` rows, in order (views, no copies).
+
+        Raises:
+            ValueError: the row count is not a multiple of ``num_batches``.
+        """
+        k = int(num_batches)
+        m = int(self.keys.shape[0])
+        if k < 1 or m % k:
+            raise ValueError(f"cannot split {m} rows into {num_batches} equal batches")
+        if k == 1:
+            return [self]
+        b = m // k
+
+        def part(rows: slice) -> SampledBatch:
+            return SampledBatch(obs=self.obs[rows], action=self.action[rows], reward=self.reward[rows],
+                                discount=self.discount[rows], next_obs=self.next_obs[rows],
+                                weights=self.weights[rows], keys=self.keys[rows],
+                                probs=None if self.probs is None else self.probs[rows])
+
+        return [part(slice(i * b, (i + 1) * b)) for i in range(k)]
+
 
 @dataclass
 class LearnOutput:

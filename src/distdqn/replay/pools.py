@@ -77,12 +77,21 @@ class ReplayPools:
         self.rate_limiter.on_insert(len(chunk))
         return (np.int64(pool) << POOL_SHIFT) | keys
 
-    def sample(self, batch_size: int) -> SampledBatch:
-        """``batch_size`` transitions across pools in proportion to their sizes.
+    def sample(self, batch_size: int, num_batches: int = 1) -> SampledBatch:
+        """``num_batches`` batches of ``batch_size`` transitions, each drawn across pools in
+        proportion to their sizes, laid out batch after batch (as :meth:`Replay.sample`).
 
         Raises:
-            ValueError: fewer than ``batch_size`` transitions stored in all.
+            ValueError: fewer than ``batch_size`` transitions stored in all, or ``num_batches < 1``.
         """
+        if int(num_batches) < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        if num_batches == 1:
+            return self._sample_one(batch_size)
+        parts = [self._sample_one(batch_size) for _ in range(int(num_batches))]
+        return _concat(parts)
+
+    def _sample_one(self, batch_size: int) -> SampledBatch:
         sizes = np.array([len(p) for p in self.pools], dtype=np.int64)
         if sizes.sum() < batch_size:
             raise ValueError(f"cannot sample a batch of {batch_size}: pools hold only {sizes.sum()} transitions")
@@ -94,17 +103,7 @@ class ReplayPools:
                 b.keys = (np.int64(p) << POOL_SHIFT) | b.keys
                 parts.append(b)
         self.rate_limiter.on_sample(batch_size)
-        if len(parts) == 1:
-            return parts[0]
-        return SampledBatch(
-            obs=torch.cat([b.obs for b in parts]),
-            action=torch.cat([b.action for b in parts]),
-            reward=torch.cat([b.reward for b in parts]),
-            discount=torch.cat([b.discount for b in parts]),
-            next_obs=torch.cat([b.next_obs for b in parts]),
-            weights=torch.cat([b.weights for b in parts]),
-            keys=np.concatenate([b.keys for b in parts]),
-        )
+        return parts[0] if len(parts) == 1 else _concat(parts)
 
     def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None:
         keys = np.asarray(keys, dtype=np.int64)
@@ -126,3 +125,16 @@ class ReplayPools:
             p.load_state_dict(s)
         self.rate_limiter.load_state_dict(state["rate_limiter"])
         self._rng.bit_generator.state = state["rng"]
+
+
+def _concat(parts: list[SampledBatch]) -> SampledBatch:
+    """Rows of ``parts`` one after another (per-pool sampling probabilities are dropped)."""
+    return SampledBatch(
+        obs=torch.cat([b.obs for b in parts]),
+        action=torch.cat([b.action for b in parts]),
+        reward=torch.cat([b.reward for b in parts]),
+        discount=torch.cat([b.discount for b in parts]),
+        next_obs=torch.cat([b.next_obs for b in parts]),
+        weights=torch.cat([b.weights for b in parts]),
+        keys=np.concatenate([b.keys for b in parts]),
+    )

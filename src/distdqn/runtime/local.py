@@ -331,6 +331,8 @@ def run_local(
             for h in handles:
                 start(h)
         next_supervise = time.perf_counter()
+        # About 8 updates between looks at the inboxes (an apex step takes batches_per_sample).
+        learn_steps_per_pass = max(1, 8 // cfg.learner.batches_per_sample)
         restart_times: collections.deque[float] = collections.deque()
         rr = 0
         while not stop.flag:
@@ -356,7 +358,7 @@ def run_local(
                     progressed = True
             elif not collect_only:
                 published = False
-                for _ in range(8):
+                for _ in range(learn_steps_per_pass):
                     if not co.can_learn():
                         break
                     published |= co.learn_step()

@@ -34,7 +34,7 @@ from distdqn.roles.parameter_server import ParameterServer
 class ReplayLike(Protocol):
     def can_sample(self, batch_size: int) -> bool: ...
 
-    def sample(self, batch_size: int) -> Any: ...
+    def sample(self, batch_size: int, num_batches: int = 1) -> Any: ...
 
     def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None: ...
 
@@ -64,11 +64,18 @@ def _learn_and_prioritize(learner: Learner, replay: ReplayLike, batch_size: int)
 
 
 class ApexUpdater:
-    """One learner that applies its own updates and publishes parameters (Ape-X)."""
+    """One learner that applies its own updates and publishes parameters (Ape-X).
+
+    A step draws ``learner.batches_per_sample`` (K) batches in one replay call, takes one
+    optimizer step on each in turn and then updates all their priorities at once, so a
+    priority reaches the tree up to K - 1 updates late (Ape-X's learner and replay are
+    asynchronous too, Horgan et al. 2018, sec. 3). Parameters are published whenever the
+    step crosses a multiple of ``publish_period`` updates."""
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, ps: ParameterServer):
         self.cfg, self.ps = cfg, ps
         self.learner = build_learner(cfg, spaces)
+        self.k = cfg.learner.batches_per_sample
         self.metrics: dict[str, float] = {}
 
     @property
@@ -76,12 +83,21 @@ class ApexUpdater:
         return self.learner.updates
 
     def can_step(self, replay: ReplayLike) -> bool:
-        return replay.can_sample(self.cfg.learner.batch_size)
+        return replay.can_sample(self.cfg.learner.batch_size * self.k)
 
     def step(self, replay: ReplayLike) -> bool:
-        out = _learn_and_prioritize(self.learner, replay, self.cfg.learner.batch_size)
+        if self.k == 1:
+            out = _learn_and_prioritize(self.learner, replay, self.cfg.learner.batch_size)
+        else:
+            batch = replay.sample(self.cfg.learner.batch_size, self.k)
+            td = []
+            for part in batch.split(self.k):
+                out = self.learner.learn(part)
+                td.append(out.td_abs)
+            replay.update_priorities(batch.keys, np.concatenate(td))
         self.metrics = out.metrics
-        if self.learner.updates % self.cfg.learner.publish_period == 0:
+        period = self.cfg.learner.publish_period
+        if self.learner.updates // period > (self.learner.updates - self.k) // period:
             self.ps.set_params(self.learner.get_params())
             return True
         return False
