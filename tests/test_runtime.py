@@ -268,6 +268,22 @@ def _start_train(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     return proc, run
 
 
+def test_local_actors_started_early_are_stopped_if_the_learner_side_fails(tmp_path, monkeypatch):
+    """A fresh local run starts its actors before building the learner side; if building
+    it raises, the error reaches the caller and no actor process is left behind."""
+    from distdqn.runtime import local
+
+    def broken(*args, **kwargs):
+        assert len(_spawned_pids(os.getpid())) == 2  # the actors are already running
+        raise RuntimeError("learner side cannot be built")
+
+    monkeypatch.setattr(local, "Coordinator", broken)
+    cfg = small_cfg(total_env_steps=1000)
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        local.run_local(cfg, spaces_for(cfg), tmp_path)
+    assert _spawned_pids(os.getpid()) == []
+
+
 @pytest.mark.slow
 def test_local_learns_cartpole_past_200(tmp_path):
     from distdqn.runtime.local import run_local

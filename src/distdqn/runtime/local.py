@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from distdqn.config import ExperimentConfig
-from distdqn.core import NonFiniteLossError
+from distdqn.core import NonFiniteLossError, flat_params
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_actor, build_evaluator
+from distdqn.program import build_actor, build_evaluator, build_network
 from distdqn.runtime.common import Coordinator, RunAborted, StopRequest
 from distdqn.runtime.learner_procs import RemoteLearners
 
@@ -65,6 +65,7 @@ class SharedParams:
     """
 
     def __init__(self, ctx: Any, num_params: int):
+        self.num_params = int(num_params)
         self._buf = ctx.RawArray("f", num_params)
         self._seq = ctx.RawValue("q", 0)
         self._version = ctx.RawValue("q", -1)
@@ -129,7 +130,9 @@ def actor_main(
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
     loop = ActorLoop(actor_id, generation, cfg, spaces, params)
-    while params.version() < 0 and not stop_event.is_set():
+    while params.version() < 0 and not stop_event.is_set():  # the learner side is being built
+        if os.getppid() != parent_pid:
+            return
         time.sleep(0.01)
     steps = 0
     try:
@@ -278,25 +281,11 @@ def run_local(
         raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
     ctx = mp.get_context("spawn")
     remote_learning = cfg.preset in ("gorila", "sync") and not collect_only
-    co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume,
-                     in_process_learners=not remote_learning)
     stop_event = ctx.Event()
     handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
     halt = threading.Event()
     arrived = threading.Event()  # a chunk reached an inbox
-    shared = SharedParams(ctx, co.ps.num_params)
-    shared.write(co.ps.version, co.current_params())
-    remote: RemoteLearners | None = None
-    target_shared: SharedParams | None = None
-    if remote_learning:
-        if co.ps.gradient_mode:
-            target_shared = SharedParams(ctx, co.ps.num_params)
-            target_shared.write(*co.ps.get_target())
-        remote = RemoteLearners(ctx, cfg, spaces, shared, target_shared, stop_event,
-                                on_chunk_pipe=lambda rank, reader, proc: attach(handles[rank], reader, proc))
-    if co.restored_extra:
-        for h, g in zip(handles, co.restored_extra.get("actor_generations", [])):
-            h.generation = int(g) + 1  # resumed actors explore with fresh seeds
+    shared = SharedParams(ctx, int(flat_params(build_network(cfg, spaces)).size))
 
     def attach(h: _ActorHandle, reader: Any, proc: Any) -> None:
         """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
@@ -319,6 +308,34 @@ def run_local(
         writer.close()  # only the actor holds the write end: its exit means EOF for us
         attach(h, reader, proc)
 
+    # A fresh run starts its actors before building the learner side: they wait for the
+    # first parameters, and their start-up (importing torch, building envs) overlaps the
+    # learner's (the first optimizer imports torch._dynamo: 2.3 s in a new process on
+    # 2 cores). A resumed run needs the checkpoint's actor generations first.
+    early_actors = not resume and not cfg.colocate
+    if early_actors:
+        for h in handles:
+            start(h)
+    try:
+        co = Coordinator(cfg, spaces, run_dir, deterministic=False, resume=resume,
+                         in_process_learners=not remote_learning)
+    except BaseException:
+        _stop_unstarted(handles, stop_event)
+        raise
+    assert co.ps.num_params == shared.num_params, "shared parameter vector and network disagree"
+    shared.write(co.ps.version, co.current_params())
+    remote: RemoteLearners | None = None
+    target_shared: SharedParams | None = None
+    if remote_learning:
+        if co.ps.gradient_mode:
+            target_shared = SharedParams(ctx, co.ps.num_params)
+            target_shared.write(*co.ps.get_target())
+        remote = RemoteLearners(ctx, cfg, spaces, shared, target_shared, stop_event,
+                                on_chunk_pipe=lambda rank, reader, proc: attach(handles[rank], reader, proc))
+    if co.restored_extra:
+        for h, g in zip(handles, co.restored_extra.get("actor_generations", [])):
+            h.generation = int(g) + 1  # resumed actors explore with fresh seeds
+
     stop = StopRequest()
     stop.install()
     error: BaseException | None = None
@@ -331,7 +348,7 @@ def run_local(
         evaluator_wanted = cfg.eval.separate_process and cfg.eval.eval_period > 0 and not collect_only
         if remote is not None:
             remote.start(co.current_params())
-        if not cfg.colocate:  # colocated actors live in the learner workers
+        if not cfg.colocate and not early_actors:  # colocated actors live in the learner workers
             for h in handles:
                 start(h)
         next_supervise = time.perf_counter()
@@ -487,6 +504,18 @@ def _handle_reply(reply: dict[str, Any], co: Coordinator, shared: SharedParams, 
     if "params" in reply:
         co.ps.set_params(reply["params"])
         shared.write(co.ps.version, reply["params"])
+
+
+def _stop_unstarted(handles: list[_ActorHandle], stop_event: Any) -> None:
+    """Stop actor processes started before the learner side failed to build (they are still
+    waiting for their first parameters, so nothing is in flight)."""
+    stop_event.set()
+    for h in handles:
+        if h.proc is not None:
+            h.proc.join(timeout=JOIN_GRACE_S)
+            if h.proc.is_alive():
+                h.proc.kill()
+                h.proc.join(timeout=5)
 
 
 def _shutdown(handles: list[_ActorHandle], stop_event: Any, halt: threading.Event, co: Coordinator) -> None:
