@@ -8,7 +8,7 @@ import torch
 
 from distdqn.config import NetworkConfig
 from distdqn.core import flat_params, load_flat_params
-from distdqn.networks import MLPQNetwork, NatureCNN, make_network
+from distdqn.networks import MLPQNetwork, NatureCNN, make_network, network_kind
 
 
 def net(kind="mlp", hidden=(16, 8), dueling=False, obs_shape=(4,), actions=3, seed=0):
@@ -82,6 +82,16 @@ def test_auto_picks_cnn_for_3d_obs_and_dueling_cnn() -> None:
         q = m(torch.zeros(2, 4, 84, 84, dtype=torch.uint8))
     assert q.shape == (2, 5)
     assert isinstance(make_network(NetworkConfig(kind="auto"), (4,), 2), MLPQNetwork)
+
+
+def test_default_dueling_is_on_for_the_cnn_and_off_for_the_mlp() -> None:
+    assert NetworkConfig().dueling is None
+    cnn = make_network(NetworkConfig(), (4, 84, 84), 5)
+    mlp = make_network(NetworkConfig(), (4,), 2)
+    assert cnn.head.dueling and not mlp.head.dueling
+    assert network_kind(NetworkConfig(), (4,)) == ("mlp", False)
+    assert network_kind(NetworkConfig(dueling=True), (4,)) == ("mlp", True)
+    assert network_kind(NetworkConfig(kind="nature_cnn", dueling=False), (4, 84, 84)) == ("nature_cnn", False)
 
 
 def test_nature_cnn_with_1d_obs_raises() -> None:

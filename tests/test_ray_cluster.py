@@ -51,8 +51,11 @@ class RemoveActorNode:
 
 def test_cluster_learns_and_survives_losing_a_worker_node(cluster, tmp_path):
     c, workers = cluster
+    # The learner settings of before 2026-11-22 (slower to reach 200): with the newer
+    # defaults a run can reach the target before Ray has noticed the lost node.
     cfg = from_dict({"runtime": "ray", "progress": False, "seed": 0, "total_env_steps": 80_000,
                      "ray": {"address": c.address, "actor_resource": "distdqn_actor"},
+                     "learner": {"learning_rate": 0.0023}, "network": {"dueling": True},
                      "eval": {"eval_period": 2500, "eval_episodes": 10, "target_return": 200}})
     hook = RemoveActorNode(c, workers, at=1500)  # before the first evaluation (2500)
     (tmp_path / "r").mkdir()

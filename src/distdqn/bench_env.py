@@ -57,6 +57,7 @@ from distdqn.bench import (
 from distdqn.bench_replay import FRAME_BYTES, ReplaySpec, measure_replay, proc_kb_field
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
+from distdqn.networks import network_kind
 from distdqn.program import frame_dedup_enabled
 
 ENV_COLLECTION_TARGET = 0.7
@@ -205,10 +206,8 @@ def env_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Pat
 
 
 def _network_name(cfg: ExperimentConfig, spaces: EnvSpaces) -> str:
-    kind = cfg.network.kind
-    if kind == "auto":
-        kind = "nature_cnn" if len(spaces.obs_shape) == 3 else "mlp"
-    return kind + (" dueling" if cfg.network.dueling else "")
+    kind, dueling = network_kind(cfg.network, spaces.obs_shape)
+    return kind + (" dueling" if dueling else "")
 
 
 def env_notes(cfg: ExperimentConfig, spaces: EnvSpaces, report: dict[str, Any]) -> list[str]:

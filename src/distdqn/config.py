@@ -72,8 +72,10 @@ class NetworkConfig:
     """``auto``: Nature CNN for image observations (3-D), MLP otherwise."""
     hidden_sizes: tuple[int, ...] = (128, 128)
     """MLP hidden layer widths."""
-    dueling: bool = True
-    """Dueling head, Q = V + A - mean(A) (Wang et al. 2016, eq. 9)."""
+    dueling: bool | None = None
+    """Dueling head, Q = V + A - mean(A) (Wang et al. 2016, eq. 9). None (default): on for
+    the Nature CNN (as in Ape-X on Atari), off for the MLP (on CartPole the same env steps
+    to solve in a serial-runtime sweep, and 1.3-1.5x the updates per second on 2 cores)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,10 @@ class LearnerConfig:
     much as a single batch, so replay work per update falls (on 2 CPU cores, 16% -> 5% of
     an update); priorities reach the tree up to ``batches_per_sample - 1`` updates late,
     as with Ape-X's asynchronous replay. ``gorila`` and ``sync`` take 1."""
-    learning_rate: float = 2.3e-3
+    learning_rate: float = 5e-3
+    """Adam/RMSProp step size. The default is tuned on CartPole-v1 (serial-runtime sweep,
+    15 seeds: median 15,000 env steps to solve against 20,000 with RL-Zoo's 2.3e-3); Atari
+    wants far less (configs/pong.yaml: 6.25e-5)."""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     adam_epsilon: float = 1.5e-4
     gamma: float = 0.99

@@ -112,20 +112,28 @@ def trace_for_inference(network: nn.Module, example_obs: torch.Tensor) -> Callab
         return network
 
 
+def network_kind(cfg: NetworkConfig, obs_shape: tuple[int, ...]) -> tuple[str, bool]:
+    """``(kind, dueling)`` with the defaults resolved: ``auto`` is the Nature CNN for 3-D
+    observations, else the MLP; ``dueling=None`` is on for the Nature CNN, off for the MLP."""
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "nature_cnn" if len(obs_shape) == 3 else "mlp"
+    dueling = cfg.dueling if cfg.dueling is not None else kind == "nature_cnn"
+    return kind, bool(dueling)
+
+
 def make_network(cfg: NetworkConfig, obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
-    """Build the Q-network the config names. ``auto`` picks the Nature CNN for 3-D observations.
+    """Build the Q-network the config names (defaults resolved by :func:`network_kind`).
 
     Raises:
         ValueError: ``nature_cnn`` asked for non-image observations.
     """
-    kind = cfg.kind
-    if kind == "auto":
-        kind = "nature_cnn" if len(obs_shape) == 3 else "mlp"
+    kind, dueling = network_kind(cfg, obs_shape)
     if kind == "nature_cnn":
         if len(obs_shape) != 3:
             raise ValueError(f"network.kind=nature_cnn needs [C, H, W] observations, got shape {obs_shape}")
-        return NatureCNN(obs_shape, num_actions, cfg.dueling)
+        return NatureCNN(obs_shape, num_actions, dueling)
     obs_dim = 1
     for d in obs_shape:
         obs_dim *= int(d)
-    return MLPQNetwork(obs_dim, num_actions, tuple(cfg.hidden_sizes), cfg.dueling)
+    return MLPQNetwork(obs_dim, num_actions, tuple(cfg.hidden_sizes), dueling)

@@ -308,11 +308,12 @@ def run_local(
         writer.close()  # only the actor holds the write end: its exit means EOF for us
         attach(h, reader, proc)
 
-    # A fresh run starts its actors before building the learner side: they wait for the
-    # first parameters, and their start-up (importing torch, building envs) overlaps the
-    # learner's (the first optimizer imports torch._dynamo: 2.3 s in a new process on
-    # 2 cores). A resumed run needs the checkpoint's actor generations first.
-    early_actors = not resume and not cfg.colocate
+    # A fresh apex run starts its actors before building the learner side: they wait for
+    # the first parameters, and their start-up (importing torch, building envs) overlaps
+    # the learner's (the first optimizer imports torch._dynamo: 2.3 s in a new process on
+    # 2 cores). A resumed run needs the checkpoint's actor generations first; gorila and
+    # sync start their learner processes first, as before.
+    early_actors = not resume and not cfg.colocate and not remote_learning
     if early_actors:
         for h in handles:
             start(h)
