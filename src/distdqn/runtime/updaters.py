@@ -86,16 +86,10 @@ class ApexUpdater:
         return replay.can_sample(self.cfg.learner.batch_size * self.k)
 
     def step(self, replay: ReplayLike) -> bool:
-        if self.k == 1:
-            out = _learn_and_prioritize(self.learner, replay, self.cfg.learner.batch_size)
-        else:
-            batch = replay.sample(self.cfg.learner.batch_size, self.k)
-            td = []
-            for part in batch.split(self.k):
-                out = self.learner.learn(part)
-                td.append(out.td_abs)
-            replay.update_priorities(batch.keys, np.concatenate(td))
-        self.metrics = out.metrics
+        batch = replay.sample(self.cfg.learner.batch_size, self.k)
+        outs = [self.learner.learn(part) for part in batch.split(self.k)]
+        replay.update_priorities(batch.keys, np.concatenate([o.td_abs for o in outs]))
+        self.metrics = outs[-1].metrics
         period = self.cfg.learner.publish_period
         if self.learner.updates // period > (self.learner.updates - self.k) // period:
             self.ps.set_params(self.learner.get_params())
