@@ -84,12 +84,10 @@ class ReplayPools:
         Raises:
             ValueError: fewer than ``batch_size`` transitions stored in all, or ``num_batches < 1``.
         """
-        if int(num_batches) < 1:
+        k = int(num_batches)
+        if k < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-        if num_batches == 1:
-            return self._sample_one(batch_size)
-        parts = [self._sample_one(batch_size) for _ in range(int(num_batches))]
-        return _concat(parts)
+        return self._sample_one(batch_size) if k == 1 else _concat([self._sample_one(batch_size) for _ in range(k)])
 
     def _sample_one(self, batch_size: int) -> SampledBatch:
         sizes = np.array([len(p) for p in self.pools], dtype=np.int64)
