@@ -18,7 +18,7 @@ from distdqn.losses import n_step_double_dqn_targets
 from distdqn.networks import make_network
 from distdqn.program import build_actor, build_evaluator, build_network, spaces_for
 from distdqn.roles.evaluator import Evaluator
-from distdqn.roles.learner import Learner
+from distdqn.roles.learner import Learner, flatten_optimizer_state, make_optimizer
 from distdqn.roles.parameter_server import ParameterServer
 
 
@@ -205,6 +205,58 @@ def test_learner_state_dict_round_trip_bit_identical() -> None:
         assert oa.metrics == ob.metrics
     np.testing.assert_array_equal(a.get_params(), b_.get_params())
     np.testing.assert_array_equal(flat_params(a.target), flat_params(b_.target))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_learner_resumes_a_per_tensor_optimizer_state(optimizer: str) -> None:
+    """A checkpoint written before the flat parameter buffer (one optimizer entry per tensor)
+    loads into the flat learner and continues exactly like the per-tensor optimizer."""
+    cfg = lcfg(optimizer=optimizer, max_grad_norm=None)
+    ref_net = tiny_net(0, dueling=True)
+    ref_opt = make_optimizer(cfg, ref_net.parameters())
+    rng = torch.Generator().manual_seed(3)
+    grads = [[torch.randn(p.shape, generator=rng) for p in ref_net.parameters()] for _ in range(4)]
+    for g in grads[:3]:
+        for p, gi in zip(ref_net.parameters(), g):
+            p.grad = gi.clone()
+        ref_opt.step()
+    old = {"online": ref_net.state_dict(), "target": ref_net.state_dict(),
+           "optimizer": roundtrip(ref_opt.state_dict()), "updates": 3}
+    assert len(old["optimizer"]["state"]) > 1
+    learner = Learner(cfg, tiny_net(1, dueling=True), torch.device("cpu"))
+    learner.load_state_dict(old)
+    for p, gi in zip(ref_net.parameters(), grads[3]):
+        p.grad = gi.clone()
+    ref_opt.step()
+    learner.apply_gradients(torch.cat([gi.reshape(-1) for gi in grads[3]]))
+    np.testing.assert_array_equal(learner.get_params(), flat_params(ref_net))
+    assert learner.updates == 4
+
+
+def test_flatten_optimizer_state_refuses_a_mismatch() -> None:
+    net = tiny_net(0)
+    opt = make_optimizer(lcfg(), net.parameters())
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sizes = [p.numel() for p in net.parameters()]
+    with pytest.raises(ValueError, match="parameters"):
+        flatten_optimizer_state(opt.state_dict(), sizes[:-1])
+    with pytest.raises(ValueError, match="exp_avg"):
+        flatten_optimizer_state(opt.state_dict(), sizes[:-1] + [sizes[-1] + 1])
+
+
+def test_learner_parameters_are_views_of_one_buffer() -> None:
+    learner = Learner(lcfg(), tiny_net(0), torch.device("cpu"))
+    flat = learner.get_params()
+    learner.learn(batch(0))
+    # every online parameter moved, and the published vector is the module's state_dict layout
+    assert all(not torch.equal(a, b_) for a, b_ in zip(params(tiny_net(0)), params(learner.online)))
+    np.testing.assert_array_equal(learner.get_params(), flat_params(learner.online))
+    assert not np.array_equal(learner.get_params(), flat)
+    out = learner.get_params()
+    out[:] = 0  # a copy
+    assert learner.get_params().any()
 
 
 # ----------------------------------------------------------------------------- actor

@@ -391,7 +391,10 @@ class BareUpdate:
 
     The same network (``build_network``), optimizer (``make_optimizer``), loss
     (:mod:`distdqn.losses`), gradient clipping and target-copy period as the learner;
-    no replay, no host<->numpy conversions, no priorities, no publication.
+    no replay, no host<->numpy conversions, no priorities, no publication. Written as a
+    plain PyTorch loop: the optimizer, the clipping and the target copy go tensor by
+    tensor (the learner keeps its parameters in one flat buffer instead, which can put
+    the (b) ratio above 1 for small networks).
     """
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, device: torch.device, num_batches: int = 8):
@@ -412,14 +415,9 @@ class BareUpdate:
 
     def __call__(self) -> None:
         b = self.batches[self.updates % len(self.batches)]
-        n = b["obs"].shape[0]
-        if self.cfg.double_dqn:
-            q_all = self.online(torch.cat([b["obs"], b["next_obs"]], dim=0))
-            q, q_next_online = q_all[:n], q_all[n:].detach()
-        else:
-            q = self.online(b["obs"])
-            q_next_online = None
+        q = self.online(b["obs"])
         with torch.no_grad():
+            q_next_online = self.online(b["next_obs"]) if self.cfg.double_dqn else None
             q_next_target = self.target(b["next_obs"])
         y = n_step_double_dqn_targets(b["reward"], b["discount"],
                                       q_next_target if q_next_online is None else q_next_online,

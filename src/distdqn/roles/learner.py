@@ -36,6 +36,74 @@ def make_optimizer(cfg: LearnerConfig, params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.95, eps=0.01, centered=True)
 
 
+def flatten_parameters(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move ``params`` into one flat buffer: afterwards each is a view of ``flat`` and its
+    ``.grad`` a view of ``grad``, so one optimizer kernel, one norm and one copy cover the
+    whole network (the per-tensor calls dominate a small network's update on CPU).
+
+    Args:
+        params: leaf tensors of one dtype and device, in the order of the flat layout
+            (``state_dict`` order for :func:`distdqn.core.flat_params`).
+
+    Returns:
+        ``(flat, grad)``: ``flat`` an ``nn.Parameter`` ``[P]`` holding the values (``grad``
+        set as its ``.grad``), ``grad`` ``[P]`` zeros. Backward accumulates into ``grad``
+        in place as long as no ``.grad`` is set to None: zero ``grad`` instead.
+
+    Raises:
+        ValueError: mixed dtypes or devices, or no parameters.
+    """
+    if not params:
+        raise ValueError("the network has no parameters")
+    if len({(p.dtype, p.device) for p in params}) != 1:
+        raise ValueError("flat parameters need one dtype and one device for every parameter")
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        if p.requires_grad:
+            p.grad = grad[offset : offset + n].view_as(p)
+        offset += n
+    param = nn.Parameter(flat, requires_grad=any(p.requires_grad for p in params))
+    if param.requires_grad:
+        param.grad = grad
+    return param, grad
+
+
+def flatten_optimizer_state(state: dict, sizes: list[int]) -> dict:
+    """An optimizer ``state_dict`` written for per-tensor parameters (checkpoints from before
+    :func:`flatten_parameters`) as the state of one flat parameter: per-parameter tensors
+    of ``sizes[i]`` values are concatenated in order, anything else (Adam's ``step``) is
+    taken from the first parameter. A state that already has one parameter is returned
+    unchanged.
+
+    Raises:
+        ValueError: the parameter count or a tensor's size does not match ``sizes``.
+    """
+    groups = state["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) == 1:
+        return state
+    if len(ids) != len(sizes):
+        raise ValueError(f"optimizer state has {len(ids)} parameters, the network {len(sizes)}")
+    per = [state["state"].get(i, {}) for i in ids]
+    merged: dict = {}
+    if any(per):
+        for key, first in per[0].items():
+            if torch.is_tensor(first) and first.numel() == sizes[0] and first.dim() > 0:
+                parts = [s[key].reshape(-1) for s in per]
+                if [t.numel() for t in parts] != sizes:
+                    raise ValueError(f"optimizer state {key!r} does not match the parameter sizes")
+                merged[key] = torch.cat(parts)
+            else:
+                merged[key] = first
+    group = {k: v for k, v in groups[0].items() if k != "params"}
+    return {"state": {0: merged} if merged else {}, "param_groups": [{**group, "params": [0]}]}
+
+
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     """CPU -> ``dev``; to a GPU through pinned (page-locked) memory with a non-blocking copy."""
     if dev.type == "cuda":
@@ -45,6 +113,10 @@ def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 class Learner:
     """Double-DQN n-step learner that owns its optimizer (Ape-X: applies its own updates).
+
+    The online (and target) parameters live in one flat buffer in ``state_dict`` order
+    (:func:`flatten_parameters`): the optimizer steps one tensor, gradient clipping takes
+    one norm, and the target update is one copy.
 
     :meth:`learn` is one full step. For Gorila (Nair et al. 2015) and synchronous
     data-parallel SGD the step splits into :meth:`compute_gradients` (flat ``[P]`` gradient,
@@ -62,7 +134,11 @@ class Learner:
         self.online = network.to(device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.optimizer = make_optimizer(cfg, self.online.parameters())
+        params = self._params_in_state_dict_order()
+        self._sizes = [p.numel() for p in params]
+        self._flat, self._grad = flatten_parameters(params)
+        self._target_flat, _ = flatten_parameters(self._params_in_state_dict_order(self.target))
+        self.optimizer = make_optimizer(cfg, [self._flat])
         self.updates = 0
 
     def learn(self, batch: SampledBatch) -> LearnOutput:
@@ -91,7 +167,7 @@ class Learner:
         learners, then applied with :meth:`apply_gradients`). Gradient-norm clipping is the
         same as in :meth:`learn`, applied to this learner's local gradient. Parameters,
         optimizer state, the target network and ``updates`` are unchanged; the ``.grad`` of
-        the online parameters is left cleared (None).
+        the online parameters is left zeroed.
 
         Returns:
             :class:`LearnOutput` with ``td_abs`` (``[B]`` float32 numpy), ``metrics`` as in
@@ -103,12 +179,8 @@ class Learner:
                 been).
         """
         td_abs, metrics = self._loss_backward(batch)
-        with torch.no_grad():
-            grads = torch.cat([
-                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                for p in self._params_in_state_dict_order()
-            ]).to(device="cpu", dtype=torch.float32)
-        self.optimizer.zero_grad(set_to_none=True)
+        grads = self._grad.to(device="cpu", dtype=torch.float32, copy=True)
+        self._grad.zero_()
         return LearnOutput(td_abs=td_abs, metrics=metrics, grads=grads)
 
     def apply_gradients(self, grads: np.ndarray | torch.Tensor) -> None:
@@ -126,30 +198,30 @@ class Learner:
             ValueError: wrong length.
             NonFiniteLossError: a NaN or inf value (names the update number); nothing changes.
         """
-        params = self._params_in_state_dict_order()
-        total = sum(p.numel() for p in params)
         g = torch.as_tensor(grads)
-        if g.numel() != total:
-            raise ValueError(f"gradient vector has {g.numel()} values, network needs {total}")
-        g = g.detach().reshape(-1).to(device=self.device, dtype=torch.float32, copy=True)
+        if g.numel() != self._grad.numel():
+            raise ValueError(f"gradient vector has {g.numel()} values, network needs {self._grad.numel()}")
+        g = g.detach().reshape(-1)
         if not bool(torch.isfinite(g).all()):
             raise NonFiniteLossError(f"gradient has non-finite values at update {self.updates + 1}; stopping")
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = g[offset : offset + n].view_as(p).to(p.dtype)
-            offset += n
+        self._grad.copy_(g)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._grad.zero_()
         self.updates += 1
         self._update_target()
 
-    def _params_in_state_dict_order(self) -> list[nn.Parameter]:
-        """The online parameters in ``state_dict`` order (asserts the network has no buffers,
-        so that this is the layout of :func:`distdqn.core.flat_params`)."""
-        named = dict(self.online.named_parameters())
-        keys = list(self.online.state_dict().keys())
-        assert keys == list(named.keys()), "flat gradients need a network without buffers or shared parameters"
+    def _params_in_state_dict_order(self, module: nn.Module | None = None) -> list[nn.Parameter]:
+        """The parameters of ``module`` (default: the online network) in ``state_dict``
+        order, the layout of :func:`distdqn.core.flat_params`.
+
+        Raises:
+            ValueError: the network has buffers or shared parameters (no flat layout)."""
+        module = self.online if module is None else module
+        named = dict(module.named_parameters())
+        keys = list(module.state_dict().keys())
+        if keys != list(named.keys()):
+            raise ValueError("the learner needs a Q-network without buffers or shared parameters "
+                             f"(state_dict keys {keys} vs parameters {list(named)})")
         return [named[k] for k in keys]
 
     def _loss_backward(self, batch: SampledBatch) -> tuple[np.ndarray, dict[str, float]]:
@@ -162,16 +234,12 @@ class Learner:
         obs, next_obs, action, reward, discount, weights = (
             _to_device(t, dev) for t in (batch.obs, batch.next_obs, batch.action, batch.reward,
                                           batch.discount, batch.weights))
-        b = obs.shape[0]
         # Optional bf16 autocast for the forward passes; the loss is computed in float32.
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
-            if self.cfg.double_dqn:
-                q_all = self.online(torch.cat([obs, next_obs], dim=0)).float()
-                q, q_next_online = q_all[:b], q_all[b:].detach()
-            else:
-                q = self.online(obs).float()
-                q_next_online = None
+            q = self.online(obs).float()
             with torch.no_grad():
+                # Separate pass, not one over cat([obs, next_obs]): backward then covers B rows, not 2B.
+                q_next_online = self.online(next_obs).float() if self.cfg.double_dqn else None
                 q_next_target = self.target(next_obs).float()
         target = n_step_double_dqn_targets(
             reward, discount, q_next_online if q_next_online is not None else q_next_target, q_next_target,
@@ -181,28 +249,27 @@ class Learner:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"td_loss is {loss_value} at update {self.updates + 1}; stopping")
-        self.optimizer.zero_grad(set_to_none=True)
+        self._grad.zero_()
         loss.backward()
         if self.cfg.max_grad_norm is not None:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.max_grad_norm))
+            grad_norm = float(nn.utils.clip_grad_norm_([self._flat], self.cfg.max_grad_norm))
         else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in self.online.parameters() if p.grad is not None])))
+            grad_norm = float(torch.linalg.vector_norm(self._grad))
         metrics = {"td_loss": loss_value, "q_mean": float(q.detach().mean()), "grad_norm": grad_norm}
         return td_abs.float().cpu().numpy(), metrics
 
     def _update_target(self) -> None:
         tau = self.cfg.tau
-        if tau is None:
-            if self.updates % self.cfg.target_update_period == 0:
-                self.target.load_state_dict(self.online.state_dict())
-            return
-        with torch.no_grad():  # Polyak averaging (Lillicrap et al. 2016, Alg. 1)
-            for t, o in zip(self.target.parameters(), self.online.parameters()):
-                t.lerp_(o, tau)
+        with torch.no_grad():
+            if tau is None:
+                if self.updates % self.cfg.target_update_period == 0:
+                    self._target_flat.copy_(self._flat)
+                return
+            self._target_flat.lerp_(self._flat, tau)  # Polyak averaging (Lillicrap et al. 2016, Alg. 1)
 
     def get_params(self) -> np.ndarray:
-        """Online parameters as one flat float32 CPU vector."""
-        return flat_params(self.online)
+        """Online parameters as one flat float32 CPU vector (a copy)."""
+        return self._flat.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
     def set_params(self, flat: np.ndarray | torch.Tensor) -> None:
         """Overwrite the online parameters with a flat vector (layout of :func:`flat_params`),
@@ -236,5 +303,6 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # Checkpoints written before the flat layout hold one optimizer entry per tensor.
+        self.optimizer.load_state_dict(flatten_optimizer_state(state["optimizer"], self._sizes))
         self.updates = int(state["updates"])
