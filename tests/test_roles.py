@@ -17,6 +17,7 @@ from distdqn.exploration import linear_epsilon
 from distdqn.losses import n_step_double_dqn_targets
 from distdqn.networks import make_network
 from distdqn.program import build_actor, build_evaluator, build_network, spaces_for
+from distdqn.roles import actor as actor_module
 from distdqn.roles.evaluator import Evaluator
 from distdqn.roles.learner import Learner, flatten_optimizer_state, make_optimizer
 from distdqn.roles.parameter_server import ParameterServer
@@ -403,15 +404,25 @@ def _chunks_equal(x, y) -> None:
         assert a.env_steps == b_.env_steps and a.param_version == b_.param_version
 
 
-@pytest.mark.parametrize("generation", [0, 1])
-def test_actor_state_dict_restore_identical_chunks(generation: int) -> None:
+@pytest.mark.parametrize("generation,reseed", [(0, None), (1, None), (0, 5)])
+def test_actor_state_dict_restore_identical_chunks(generation: int, reseed: int | None, monkeypatch) -> None:
+    """Restored mid-episode, the actor continues exactly; the replayed actions span several
+    episodes (unseeded resets in between), or with ``reseed`` a recent seeded reset."""
+    if reseed is not None:
+        monkeypatch.setattr(actor_module, "RESEED_STEPS", reseed)
     cfg = actor_cfg(**{"actor.epsilon_start": 0.5, "actor.epsilon_decay_steps": 200})
     spaces = spaces_for(cfg)
     a1 = build_actor(cfg, spaces, 0)
     a2 = None
     try:
-        run_actor(a1, 37)  # mid-episode, with transitions pending
+        c0 = run_actor(a1, 37)  # mid-episode, with transitions pending
+        assert sum(len(c.episode_returns) for c in c0) + len(a1._episode_returns) >= 2
         state = roundtrip(a1.state_dict())
+        replayed = max(len(a) for a in state["actions"])
+        if reseed is None:
+            assert replayed == 37  # no episode end reseeded: every action since the start
+        else:
+            assert replayed < 37
         # a different generation has a different seed: the state must override all of it
         a2 = build_actor(cfg, spaces, 0, generation=generation)
         a2.load_state_dict(state)

@@ -31,6 +31,10 @@ from distdqn.nstep import NStepAccumulator
 
 log = logging.getLogger(__name__)
 
+RESEED_STEPS = 1_000
+"""Vector steps after a sub-env's seeded reset from which its next episode end reseeds it:
+bounds the actions an exact resume replays per sub-env."""
+
 
 @dataclass(frozen=True)
 class ActorSpec:
@@ -50,10 +54,14 @@ class ActorSpec:
 class Actor:
     """Steps ``env.envs_per_actor`` sub-envs in lock-step with one batched forward pass.
 
-    Sub-envs are reset by the actor itself (Gymnasium ``AutoresetMode.DISABLED``), each
-    episode with a seed drawn from the actor's RNG, so an env's state is a function of
-    (episode seed, actions since reset): this is what makes exact resume possible. (With
-    ``env.backend: envpool`` only the first seed is used, see :mod:`distdqn.envpool_backend`.)
+    Sub-envs are reset by the actor itself (Gymnasium ``AutoresetMode.DISABLED``). A reset
+    takes a seed drawn from the actor's RNG when the sub-env starts, and again at the first
+    episode end :data:`RESEED_STEPS` or more vector steps after its last seeded reset; other
+    resets are unseeded and continue the env's own RNG (a seeded reset builds a new
+    generator, a large part of a short CartPole episode's cost). An env's state is so a
+    function of (last seed, actions since that reset, with an unseeded reset after each
+    episode end): this is what makes exact resume possible. (With ``env.backend: envpool``
+    only the first seed is used, see :mod:`distdqn.envpool_backend`.)
 
     Args:
         spec: identity, seed, gamma.
@@ -108,16 +116,20 @@ class Actor:
         space = self.envs.single_observation_space
         self.obs_shape, self.obs_dtype = tuple(space.shape), space.dtype
         self.num_actions = int(self.envs.single_action_space.n)
-        self._episode_seed = np.zeros(self.num_envs, dtype=np.int64)
-        # Actions since each sub-env's episode began (exact resume replays them): one [E]
-        # array per vector step, from vector step `_log_base` on; sub-env i's episode began
-        # at vector step `_episode_start[i]`.
+        self._episode_seed = np.zeros(self.num_envs, dtype=np.int64)  # seed of the last seeded reset
+        # Actions since each sub-env's last seeded reset (exact resume replays them): one [E]
+        # array per vector step, from vector step `_log_base` on; sub-env i was last reset
+        # with a seed at vector step `_episode_start[i]`.
         self._action_log: list[np.ndarray] = []
         self._log_base = self.steps
         self._episode_start = np.full(self.num_envs, self.steps, dtype=np.int64)
 
-    def _new_seeds(self, mask: np.ndarray) -> list[int | None]:
+    def _new_seeds(self, mask: np.ndarray, force: bool = True) -> list[int | None]:
+        """Seeds for resetting the ``mask`` sub-envs: a new one where ``force`` or the last
+        seeded reset is :data:`RESEED_STEPS` vector steps old, else None (unseeded)."""
         seeds: list[int | None] = [None] * self.num_envs
+        if not force:
+            mask = mask & (self.steps - self._episode_start >= RESEED_STEPS)
         for i in np.flatnonzero(mask):
             s = int(self.rng.integers(2**31 - 1))
             self._episode_seed[i] = s
@@ -130,7 +142,7 @@ class Actor:
         return seeds
 
     def _episode_actions(self) -> list[np.ndarray]:
-        """Per sub-env, ``[steps]`` int64 actions since its episode began."""
+        """Per sub-env, ``[steps]`` int64 actions since its last seeded reset."""
         log_ = np.stack(self._action_log) if self._action_log else np.zeros((0, self.num_envs), dtype=np.int64)
         return [log_[int(self._episode_start[i]) - self._log_base :, i].astype(np.int64) for i in range(self.num_envs)]
 
@@ -312,7 +324,7 @@ class Actor:
                           **values)
         if any_done:
             self._record_episodes(info, done)
-            reset_obs, _ = self.envs.reset(seed=self._new_seeds(done), options={"reset_mask": done})
+            reset_obs, _ = self.envs.reset(seed=self._new_seeds(done, force=False), options={"reset_mask": done})
             reset_obs = np.asarray(reset_obs)
             next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), reset_obs, next_obs)
             if self.frame_dedup:
@@ -400,7 +412,7 @@ class Actor:
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-exactly: RNG, counters, n-step windows, and each
-        sub-env's (episode seed, actions since reset). Tensors and Python scalars only."""
+        sub-env's (last seed, actions since that seeded reset). Tensors and Python scalars only."""
         rng_state = self.rng.bit_generator.state
         return {
             "rng": {"state": int(rng_state["state"]["state"]), "inc": int(rng_state["state"]["inc"]),
@@ -434,8 +446,9 @@ class Actor:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`, re-creating each sub-env's state by resetting it with its
-        episode seed and replaying its actions (exact for envs whose randomness is seeded by
-        ``reset(seed=...)``, which includes classic control and ALE). With ``env.backend:
+        last seed and replaying its actions, with an unseeded reset after each episode end, as
+        :meth:`step` does (exact for envs whose randomness is seeded by ``reset(seed=...)``,
+        which includes classic control and ALE). With ``env.backend:
         envpool`` (seeds fixed at creation) everything but the episodes is restored: the
         open n-step windows are dropped and every sub-env starts a new episode."""
         r = state["rng"]
@@ -461,7 +474,9 @@ class Actor:
         for i, env in enumerate(sub_envs or []):
             env.reset(seed=int(self._episode_seed[i]))
             for a in actions[i].tolist():
-                env.step(a)
+                _, _, terminated, truncated, _ = env.step(a)
+                if terminated or truncated:
+                    env.reset(options={})  # as SyncVectorEnv resets a masked sub-env
         self._acc.load_state_dict(state["acc"])
         self._obs = state["obs"].numpy().copy()
         self._episode_returns = list(state["episode_returns"])
