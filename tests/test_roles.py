@@ -19,7 +19,7 @@ from distdqn.networks import make_network
 from distdqn.program import build_actor, build_evaluator, build_network, spaces_for
 from distdqn.roles import actor as actor_module
 from distdqn.roles.evaluator import Evaluator
-from distdqn.roles.learner import Learner, flatten_optimizer_state, make_optimizer
+from distdqn.roles.learner import FlatOptimizer, Learner, flatten_optimizer_state, make_optimizer
 from distdqn.roles.parameter_server import ParameterServer
 
 
@@ -232,6 +232,63 @@ def test_learner_resumes_a_per_tensor_optimizer_state(optimizer: str) -> None:
     learner.apply_gradients(torch.cat([gi.reshape(-1) for gi in grads[3]]))
     np.testing.assert_array_equal(learner.get_params(), flat_params(ref_net))
     assert learner.updates == 4
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_flat_optimizer_matches_torch_optim_and_round_trips(optimizer: str) -> None:
+    """FlatOptimizer = make_optimizer's torch.optim optimizer, bit for bit, on the same flat
+    parameter; its state_dict round-trips through torch.save and is refused by the other kind."""
+    cfg = lcfg(optimizer=optimizer)
+    rng = torch.Generator().manual_seed(4)
+    start = torch.randn(50, generator=rng)
+    grads = [torch.randn(50, generator=rng) for _ in range(6)]
+    ref, flat = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    ref_opt, opt = make_optimizer(cfg, [ref]), FlatOptimizer(cfg, flat)
+    assert opt.state_dict()["state"] == {}
+    for g in grads[:3]:
+        ref.grad, flat.grad = g.clone(), g.clone()
+        ref_opt.step()
+        opt.step()
+    assert torch.equal(ref, flat)
+    other = torch.nn.Parameter(torch.zeros(50))
+    resumed = FlatOptimizer(cfg, other)
+    resumed.load_state_dict(roundtrip(opt.state_dict()))
+    with torch.no_grad():
+        other.copy_(flat)
+    for g in grads[3:]:
+        ref.grad, flat.grad, other.grad = g.clone(), g.clone(), g.clone()
+        ref_opt.step()
+        opt.step()
+        resumed.step()
+    assert torch.equal(ref, flat) and torch.equal(ref, other)
+    assert set(opt.state_dict()["state"][0]) == set(ref_opt.state_dict()["state"][0])
+    wrong = FlatOptimizer(lcfg(optimizer="rmsprop" if optimizer == "adam" else "adam"), torch.nn.Parameter(torch.zeros(50)))
+    with pytest.raises(ValueError, match="learner.optimizer"):
+        wrong.load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        FlatOptimizer(cfg, torch.nn.Parameter(torch.zeros(49))).load_state_dict(opt.state_dict())
+
+
+def test_learner_start_does_not_import_dynamo() -> None:
+    """torch.optim.Optimizer's first use imports torch._dynamo (seconds of start-up on 2
+    cores); building a learner and taking a step must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, numpy as np\n"
+            "from distdqn.config import ExperimentConfig\n"
+            "from distdqn.networks import make_network\n"
+            "from distdqn.roles.learner import Learner\n"
+            "from distdqn.core import SampledBatch\n"
+            "c = ExperimentConfig()\n"
+            "L = Learner(c.learner, make_network(c.network, (4,), 2), torch.device('cpu'))\n"
+            "b = SampledBatch(obs=torch.randn(8, 4), action=torch.zeros(8, dtype=torch.int64), reward=torch.ones(8),\n"
+            "                 discount=torch.ones(8), next_obs=torch.randn(8, 4), weights=torch.ones(8), keys=np.arange(8))\n"
+            "L.learn(b); L.load_state_dict(L.state_dict())\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_flatten_optimizer_state_refuses_a_mismatch() -> None:

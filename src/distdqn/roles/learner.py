@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.adam import adam as adam_update
+from torch.optim.rmsprop import rmsprop as rmsprop_update
 
 from distdqn.config import LearnerConfig
 from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, flat_params, load_flat_params
@@ -23,6 +25,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_ADAM_BETAS = (0.9, 0.999)
+_RMSPROP = {"alpha": 0.95, "eps": 0.01, "centered": True, "momentum": 0.0}
+
+
 def make_optimizer(cfg: LearnerConfig, params) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015) or RMSProp (as in Mnih et al. 2015; centered, as in Ape-X).
 
@@ -32,8 +38,96 @@ def make_optimizer(cfg: LearnerConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         params = list(params)
         fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_epsilon, fused=fused)
-    return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.95, eps=0.01, centered=True)
+        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=_ADAM_BETAS, eps=cfg.adam_epsilon, fused=fused)
+    return torch.optim.RMSprop(params, lr=cfg.learning_rate, **_RMSPROP)
+
+
+class FlatOptimizer:
+    """The update of :func:`make_optimizer`'s optimizer on one flat parameter tensor, through
+    torch.optim's functional form (``torch.optim.adam.adam``, ``torch.optim.rmsprop.rmsprop``):
+    Adam (Kingma & Ba 2015, Alg. 1; the fused kernel for float32 on CPU or CUDA) or centered
+    RMSProp (Graves 2013, eq. 38-41; as in Ape-X), with torch.optim's ``state_dict`` layout
+    (one parameter, index 0). It skips the ``torch.optim.Optimizer`` class, whose first use
+    in a process imports ``torch._dynamo``: about 2 s of CPU, which on 2 cores delayed the
+    start of learning by about 1 s.
+
+    Hyperparameters always come from the config (``learner.learning_rate`` etc.), also
+    after :meth:`load_state_dict`.
+
+    Args:
+        cfg: learner config (``optimizer``, ``learning_rate``, ``adam_epsilon``).
+        param: the flat ``[P]`` parameter (e.g. from :func:`flatten_parameters`); :meth:`step`
+            reads its ``.grad``.
+    """
+
+    def __init__(self, cfg: LearnerConfig, param: torch.Tensor):
+        self.cfg, self.param = cfg, param
+        self.fused = cfg.optimizer == "adam" and param.dtype == torch.float32 and param.device.type in ("cpu", "cuda")
+        self.state: dict[str, torch.Tensor] = {}
+
+    def _init_state(self) -> None:
+        p = self.param
+        if self.cfg.optimizer == "adam":
+            step_device = p.device if self.fused else torch.device("cpu")
+            self.state = {"step": torch.zeros((), dtype=torch.float32, device=step_device),
+                          "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        else:
+            self.state = {"step": torch.zeros((), dtype=torch.float32), "square_avg": torch.zeros_like(p),
+                          "grad_avg": torch.zeros_like(p)}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of ``param`` with ``param.grad``."""
+        p, g, c = self.param, self.param.grad, self.cfg
+        if g is None:
+            raise ValueError("FlatOptimizer.step: the parameter has no gradient")
+        if not self.state:
+            self._init_state()
+        st = self.state
+        if c.optimizer == "adam":
+            adam_update([p], [g], [st["exp_avg"]], [st["exp_avg_sq"]], [], [st["step"]],
+                        fused=self.fused, amsgrad=False, beta1=_ADAM_BETAS[0], beta2=_ADAM_BETAS[1],
+                        lr=c.learning_rate, weight_decay=0.0, eps=c.adam_epsilon, maximize=False)
+        else:
+            rmsprop_update([p], [g], [st["square_avg"]], [st["grad_avg"]], [], [st["step"]],
+                           lr=c.learning_rate, alpha=_RMSPROP["alpha"], eps=_RMSPROP["eps"],
+                           weight_decay=0.0, momentum=_RMSPROP["momentum"], centered=_RMSPROP["centered"])
+
+    def _group(self) -> dict:
+        c = self.cfg
+        if c.optimizer == "adam":
+            return {"lr": c.learning_rate, "betas": _ADAM_BETAS, "eps": c.adam_epsilon, "weight_decay": 0.0,
+                    "amsgrad": False, "fused": self.fused}
+        return {"lr": c.learning_rate, "weight_decay": 0.0, **_RMSPROP}
+
+    def state_dict(self) -> dict:
+        """``{"state": {0: {...}} (empty before the first step), "param_groups": [{..., "params": [0]}]}``,
+        torch.optim's layout; the tensors are the live state (save or copy them)."""
+        return {"state": {0: dict(self.state)} if self.state else {}, "param_groups": [{**self._group(), "params": [0]}]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a state in torch.optim's layout with one parameter (see
+        :func:`flatten_optimizer_state` for per-tensor ones), copying its tensors.
+
+        Raises:
+            ValueError: more than one parameter, or the state of another optimizer or size.
+        """
+        ids = [i for g in state["param_groups"] for i in g["params"]]
+        if len(ids) != 1:
+            raise ValueError(f"optimizer state has {len(ids)} parameters, expected 1 (flat)")
+        st = state["state"].get(ids[0], {})
+        if not st:
+            self.state = {}
+            return
+        self._init_state()
+        if set(self.state) - set(st):
+            raise ValueError(f"optimizer state has {sorted(st)}, learner.optimizer={self.cfg.optimizer} "
+                             f"needs {sorted(self.state)}")
+        for key, mine in self.state.items():
+            src = torch.as_tensor(st[key])
+            if src.shape != mine.shape:
+                raise ValueError(f"optimizer state {key!r} has shape {tuple(src.shape)}, expected {tuple(mine.shape)}")
+            mine.copy_(src)
 
 
 def flatten_parameters(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +232,7 @@ class Learner:
         self._sizes = [p.numel() for p in params]
         self._flat, self._grad = flatten_parameters(params)
         self._target_flat, _ = flatten_parameters(self._params_in_state_dict_order(self.target))
-        self.optimizer = make_optimizer(cfg, [self._flat])
+        self.optimizer = FlatOptimizer(cfg, self._flat)
         self.updates = 0
 
     def learn(self, batch: SampledBatch) -> LearnOutput:
