@@ -345,10 +345,14 @@ class Learner:
             raise NonFiniteLossError(f"td_loss is {loss_value} at update {self.updates + 1}; stopping")
         self._grad.zero_()
         loss.backward()
+        grad_norm = float(torch.linalg.vector_norm(self._grad))
         if self.cfg.max_grad_norm is not None:
-            grad_norm = float(nn.utils.clip_grad_norm_([self._flat], self.cfg.max_grad_norm))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(self._grad))
+            # The rule of torch.nn.utils.clip_grad_norm_ (scale by max_norm / (norm + 1e-6) when
+            # that is below 1), on the one flat gradient: its per-tensor grouping cost more than
+            # the norm itself here (about 70 us against 5 us per update).
+            coef = self.cfg.max_grad_norm / (grad_norm + 1e-6)
+            if coef < 1.0:
+                self._grad.mul_(coef)
         metrics = {"td_loss": loss_value, "q_mean": float(q.detach().mean()), "grad_norm": grad_norm}
         return td_abs.float().cpu().numpy(), metrics
 
