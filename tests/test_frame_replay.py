@@ -180,7 +180,7 @@ def test_sampled_stacks_equal_observed_stacks(kind: str, frame_capacity: int) ->
     twins = [Twins(cfg, 0), Twins(cfg, 1)]
     rec = Recorder()
     try:
-        checked = run(twins, replay, rec, 120)
+        checked = run(twins, replay, rec, 140)
     finally:
         for tw in twins:
             tw.close()

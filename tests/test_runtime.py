@@ -210,15 +210,35 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in _children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
 def _spawned_pids(pid: int) -> list[int]:
-    """Children started with multiprocessing's spawn: the actors and the evaluator process."""
+    """The run's worker processes (actors, evaluator, learners): forks of multiprocessing's
+    fork server (a child of ``pid``), or children of ``pid`` started with spawn."""
     pids = []
-    for c in _children(pid):
-        try:
-            cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+    for c in sorted(_children(pid)):
+        cmd = _cmdline(c)
+        if b"resource_tracker" in cmd:
             continue
-        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+        if b"forkserver" in cmd:
+            pids += sorted(_children(c))
+        elif b"spawn_main" in cmd:
             pids.append(c)
     return pids
 
@@ -301,12 +321,13 @@ def test_local_learns_cartpole_past_200(tmp_path):
 def test_local_sigterm_leaves_no_orphans_and_a_checkpoint(tmp_path):
     proc, run = _start_train(tmp_path, "--total-env-steps", "10000000", "--set", "eval.target_return=null")
     _wait_for(lambda: len(_spawned_pids(proc.pid)) == 3)  # 2 actors and the evaluator
-    kids = _children(proc.pid)
+    kids = _descendants(proc.pid)
     _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    # multiprocessing's resource tracker exits when it sees the parent's pipe close; give it a moment
+    # multiprocessing's resource tracker and fork server exit when they see the parent's pipe
+    # close, and the server's children when they find themselves re-parented; give them a moment
     try:
         _wait_for(lambda: not [k for k in kids if _alive(k)], limit_s=10)
     except AssertionError:

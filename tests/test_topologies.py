@@ -193,22 +193,14 @@ def test_local_gorila_killed_learner_is_restarted(tmp_path):
     import os
     import signal
 
-    from test_runtime import _children, _start_train, _wait_for
+    from test_runtime import _spawned_pids, _start_train, _wait_for
 
     # Evaluation in line, so that every spawned child is an actor or a learner.
     proc, run = _start_train(tmp_path, "--preset", "gorila", "--learners", "2", "--total-env-steps", "30000",
                              "--set", "eval.target_return=null", "--set", "eval.separate_process=false")
 
     def learners():
-        out = []
-        for c in _children(proc.pid):
-            try:
-                cmd = open(f"/proc/{c}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-                out.append(c)
-        return out
+        return _spawned_pids(proc.pid)
 
     _wait_for(lambda: len(learners()) == 4)  # 2 actors + 2 learners
     _wait_for(lambda: (run / "metrics.csv").exists() and (run / "metrics.csv").read_text().count("\n") >= 3)

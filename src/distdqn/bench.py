@@ -58,6 +58,7 @@ from distdqn.exploration import apex_epsilons
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 from distdqn.networks import trace_for_inference
 from distdqn.program import build_network, frame_dedup_enabled, spaces_for
+from distdqn.runtime.processes import start_process_server
 from distdqn.roles.learner import make_optimizer, resolve_device
 
 DEFAULT_SECONDS = 10.0
@@ -671,6 +672,9 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, EnvSpecError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 2
+    # As `distdqn train` does once its config is valid: the local runtime's children are forks
+    # of this server (distdqn.runtime.processes), which imports torch once, here.
+    start_process_server()
     run_sb3 = bool(seeds) and not args.skip_sb3
     sb3_missing = run_sb3 and importlib.util.find_spec("stable_baselines3") is None
     run_sb3 = run_sb3 and not sb3_missing

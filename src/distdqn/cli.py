@@ -64,6 +64,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = build_config(args)
             run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
+        if cfg.runtime == "local":
+            # The config is valid: start the fork server now, so that its imports (torch,
+            # Gymnasium) overlap ours; the actors will be forks of it.
+            from distdqn.runtime.processes import start_process_server
+
+            start_process_server()
         from distdqn.program import spaces_for
 
         spaces = spaces_for(cfg)

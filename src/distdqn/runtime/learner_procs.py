@@ -22,7 +22,6 @@ Every reply carries the batch's replay keys and |TD errors| for priority updates
 from __future__ import annotations
 
 import logging
-import os
 import queue as queue_mod
 import signal
 import tempfile
@@ -39,6 +38,7 @@ from distdqn.core import NonFiniteLossError, SampledBatch
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_learner
 from distdqn.runtime import collective
+from distdqn.runtime.processes import ParentWatch, expected_parent
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,14 @@ def learner_main(rank: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: An
 
 
 def worker_main(rank: int, generation: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: Any, target: Any,
-                batch_conn: Any, result_conn: Any, chunk_conn: Any, stop_event: Any, parent_pid: int,
+                batch_conn: Any, result_conn: Any, chunk_conn: Any, stop_event: Any, parent_pid: int | None,
                 init_file: str, initial: np.ndarray) -> None:
     """A colocated worker (``--colocate``): actor ``rank`` and learner ``rank`` in one process,
     the classic parameter-server compute node. Batches are served first; between them the
     actor steps. Chunks leave through a sender thread so a full pipe never stops learning."""
     from distdqn.runtime.local import ActorLoop
 
+    parent = ParentWatch(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(cfg.learner.torch_threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
@@ -188,7 +189,7 @@ def worker_main(rank: int, generation: int, cfg: ExperimentConfig, spaces: EnvSp
                 if chunk is not None:
                     outbox.put(chunk)
             steps += 1
-            if steps % 256 == 0 and os.getppid() != parent_pid:
+            if steps % 256 == 0 and parent.gone():
                 return
     except OSError:
         return
@@ -225,7 +226,7 @@ class RemoteLearners:
     """Main-process side of the learner processes: start, feed, collect, supervise, stop.
 
     Args:
-        ctx: a ``spawn`` multiprocessing context.
+        ctx: the multiprocessing context (:func:`distdqn.runtime.processes.process_context`).
         cfg, spaces: experiment.
         params: the shared parameters actors read too (:class:`~distdqn.runtime.local.SharedParams`).
         target: shared target parameters (gorila) or None.
@@ -259,7 +260,7 @@ class RemoteLearners:
             lr.proc = self.ctx.Process(
                 target=worker_main,
                 args=(lr.rank, self.generations[lr.rank], self.cfg, self.spaces, self.params, self.target,
-                      b_read, r_write, c_write, self.stop_event, os.getpid(), init_file, initial),
+                      b_read, r_write, c_write, self.stop_event, expected_parent(self.ctx), init_file, initial),
                 name=f"distdqn-worker-{lr.rank}", daemon=True)
             lr.proc.start()
             c_write.close()

@@ -1,5 +1,6 @@
-"""Local runtime: one process per actor (``spawn``), the learner process owning replay,
-learning, metrics and checkpoints, and an evaluator process.
+"""Local runtime: one process per actor, the learner process owning replay, learning,
+metrics and checkpoints, and an evaluator process. Children are forks of a fork server
+that imported distdqn once (``spawn`` where there is none; :mod:`distdqn.runtime.processes`).
 
 Data paths:
 
@@ -23,15 +24,13 @@ Supervision: an actor process that dies is restarted (``actor_restarts``) with a
 pipe. SIGINT/SIGTERM stop the run gracefully: actors are told to stop, joined (killed
 after a grace period), their inboxes drained (counted as ``dropped``), a final checkpoint
 and ``summary.json`` are written. Actors exit on their own if the learner process dies
-(their ``send`` fails, or they notice the parent pid changed).
+(their ``send`` fails, or they notice they were re-parented: :class:`ParentWatch`).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import multiprocessing as mp
-import os
 import queue as queue_mod
 import signal
 import threading
@@ -48,6 +47,7 @@ from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, build_evaluator, build_network
 from distdqn.runtime.common import Coordinator, RunAborted, StopRequest
 from distdqn.runtime.learner_procs import RemoteLearners
+from distdqn.runtime.processes import ParentWatch, expected_parent, process_context
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,17 @@ def actor_main(
     params: SharedParams,
     out_conn: Any,
     stop_event: Any,
-    parent_pid: int,
+    parent_pid: int | None,
 ) -> None:
-    """Body of an actor process: sync parameters, step, send chunks, until told to stop."""
+    """Body of an actor process: sync parameters, step, send chunks, until told to stop
+    (or until the learner process is gone; ``parent_pid`` as for :class:`ParentWatch`)."""
+    parent = ParentWatch(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
     loop = ActorLoop(actor_id, generation, cfg, spaces, params)
     while params.version() < 0 and not stop_event.is_set():  # the learner side is being built
-        if os.getppid() != parent_pid:
+        if parent.gone():
             return
         time.sleep(0.01)
     steps = 0
@@ -144,7 +146,7 @@ def actor_main(
                     out_conn.send(chunk)  # blocks while the learner is not taking chunks
                 except OSError:  # BrokenPipeError: the learner process is gone
                     return
-            if steps % 256 == 0 and os.getppid() != parent_pid:
+            if steps % 256 == 0 and parent.gone():
                 return  # the learner process is gone: do not linger as an orphan
     finally:
         loop.close()
@@ -279,7 +281,7 @@ def run_local(
     """
     if collect_only and cfg.replay.samples_per_insert != 0:
         raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
-    ctx = mp.get_context("spawn")
+    ctx = process_context()
     remote_learning = cfg.preset in ("gorila", "sync") and not collect_only
     stop_event = ctx.Event()
     handles = [_ActorHandle(i) for i in range(cfg.actor.num_actors)]
@@ -300,7 +302,7 @@ def run_local(
         _shrink_pipe(reader)
         proc = ctx.Process(
             target=actor_main,
-            args=(h.actor_id, h.generation, cfg, spaces, shared, writer, stop_event, os.getpid()),
+            args=(h.actor_id, h.generation, cfg, spaces, shared, writer, stop_event, expected_parent(ctx)),
             name=f"distdqn-actor-{h.actor_id}",
             daemon=True,
         )
