@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -217,6 +218,9 @@ class Learner:
     no step) and :meth:`apply_gradients`; :meth:`set_params` / :meth:`set_target_params`
     load parameters pulled from a parameter server.
 
+    On CPU with ``cfg.flush_denormal`` (the default) the constructor turns on
+    ``torch.set_flush_denormal`` for the whole process.
+
     Args:
         cfg: learner config.
         network: the online Q-network (moved to ``device``); the target network is a copy.
@@ -225,6 +229,8 @@ class Learner:
 
     def __init__(self, cfg: LearnerConfig, network: nn.Module, device: torch.device):
         self.cfg, self.device = cfg, device
+        if device.type == "cpu" and cfg.flush_denormal:
+            torch.set_flush_denormal(True)  # process-wide: see LearnerConfig.flush_denormal
         self.online = network.to(device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
@@ -328,8 +334,11 @@ class Learner:
         obs, next_obs, action, reward, discount, weights = (
             _to_device(t, dev) for t in (batch.obs, batch.next_obs, batch.action, batch.reward,
                                           batch.discount, batch.weights))
-        # Optional bf16 autocast for the forward passes; the loss is computed in float32.
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
+        # Optional bf16 autocast for the forward passes; the loss is computed in float32. (A
+        # disabled autocast context still costs about 14 us per update on CPU.)
+        amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.cfg.mixed_precision \
+            else contextlib.nullcontext()
+        with amp:
             q = self.online(obs).float()
             with torch.no_grad():
                 # Separate pass, not one over cat([obs, next_obs]): backward then covers B rows, not 2B.
