@@ -653,3 +653,16 @@ def test_actor_priorities_reuse_acting_q_values(env_id, max_steps) -> None:
     if env_id == "CartPole-v1" and max_steps is None:
         assert ended > 0  # terminated transitions (no bootstrap) were among them
     actor.close()
+
+
+def test_learner_flushes_denormals_on_cpu() -> None:
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    try:
+        torch.set_flush_denormal(False)
+        Learner(lcfg(flush_denormal=False), tiny_net(), torch.device("cpu"))
+        assert (tiny * 1.0).item() != 0.0
+        Learner(lcfg(), tiny_net(), torch.device("cpu"))
+        if torch.set_flush_denormal(True):  # the CPU supports it
+            assert (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(True)
