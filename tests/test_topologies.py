@@ -224,3 +224,37 @@ def test_sync_replay_rate_limiter_uses_the_round_as_its_unit():
     size = 1036
     unit = 2 * 64
     assert rl.can_insert(64, size) or rl.can_sample(unit, size)
+
+
+def test_remote_learners_treat_a_broken_pipe_as_a_dead_learner():
+    """A learner can die between the check and the send (a fork server's child is reaped a
+    moment later): the send's BrokenPipeError marks it dead for the restart path instead of
+    ending the run."""
+    from distdqn.runtime.learner_procs import RemoteLearners, _Learner
+
+    class BrokenConn:
+        def send(self, obj):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    class AliveProc:
+        def is_alive(self):
+            return True
+
+    cfg = from_dict({"preset": "gorila", "learner": {"num_learners": 2}, "replay": {"min_replay_size": 64}})
+    replay = build_replay(cfg, spaces_for(cfg))
+    rng = np.random.default_rng(0)
+    n = 200
+    replay.insert(TransitionChunk(obs=rng.standard_normal((n, 4)).astype(np.float32), action=np.zeros(n, np.int64),
+                                  reward=np.ones(n, np.float32), discount=np.full(n, 0.99, np.float32),
+                                  next_obs=rng.standard_normal((n, 4)).astype(np.float32), actor_id=0))
+    remote = object.__new__(RemoteLearners)
+    remote.cfg, remote.sync, remote.m = cfg, False, 2
+    good, bad = _Learner(0), _Learner(1)
+    sent = []
+    good.batch_conn = type("Conn", (), {"send": lambda self, obj: sent.append(obj)})()
+    bad.batch_conn = BrokenConn()
+    good.proc = bad.proc = AliveProc()
+    remote.learners = [good, bad]
+    assert remote.feed(replay) == 2  # IN_FLIGHT batches to the good one, none counted for the broken one
+    assert len(sent) == 2 and good.in_flight == 2 and bad.in_flight == 0 and bad.broken
+    assert remote.dead() == [1]

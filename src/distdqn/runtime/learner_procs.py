@@ -220,6 +220,7 @@ class _Learner:
         self.batch_conn: Any = None
         self.inbox: queue_mod.Queue = queue_mod.Queue()
         self.in_flight = 0
+        self.broken = False  # a send failed: the process is gone (its exit may not be reaped yet)
 
 
 class RemoteLearners:
@@ -277,6 +278,7 @@ class RemoteLearners:
         lr.batch_conn = b_write
         lr.inbox = queue_mod.Queue()
         lr.in_flight = 0
+        lr.broken = False
         threading.Thread(target=_receive, args=(r_read, lr.inbox), daemon=True,
                          name=f"distdqn-lrecv-{lr.rank}").start()
 
@@ -285,20 +287,28 @@ class RemoteLearners:
         b = self.cfg.learner.batch_size
         sent = 0
         if self.sync:  # whole rounds only: every learner must join every collective
-            while all(lr.in_flight < IN_FLIGHT for lr in self.learners) and replay.can_sample(b * self.m):
+            while (all(lr.in_flight < IN_FLIGHT and not lr.broken for lr in self.learners)
+                   and replay.can_sample(b * self.m)):
                 for lr in self.learners:
                     self._send(lr, replay.sample(b))
                 sent += self.m
             return sent
         for lr in self.learners:
-            while lr.in_flight < IN_FLIGHT and replay.can_sample(b):
-                self._send(lr, replay.sample(b))
-                sent += 1
+            while lr.in_flight < IN_FLIGHT and not lr.broken and replay.can_sample(b):
+                if self._send(lr, replay.sample(b)):
+                    sent += 1
         return sent
 
-    def _send(self, lr: _Learner, batch: SampledBatch) -> None:
-        lr.batch_conn.send(batch_to_numpy(batch))
+    def _send(self, lr: _Learner, batch: SampledBatch) -> bool:
+        """Send one batch; False when the learner's pipe is broken (the process died and
+        :meth:`dead` reports it; the batch was only a sample, nothing is lost)."""
+        try:
+            lr.batch_conn.send(batch_to_numpy(batch))
+        except OSError:
+            lr.broken = True
+            return False
         lr.in_flight += 1
+        return True
 
     def results(self) -> list[dict[str, Any]]:
         """Replies received so far (non-blocking)."""
@@ -314,7 +324,7 @@ class RemoteLearners:
         return out
 
     def dead(self) -> list[int]:
-        return [lr.rank for lr in self.learners if not lr.proc.is_alive()]
+        return [lr.rank for lr in self.learners if lr.broken or not lr.proc.is_alive()]
 
     def restart(self, rank: int, initial: np.ndarray) -> None:
         """Restart a dead gorila learner (sync learners share collectives: not restartable)."""
