@@ -58,8 +58,8 @@ from distdqn.exploration import apex_epsilons
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 from distdqn.networks import trace_for_inference
 from distdqn.program import build_network, frame_dedup_enabled, spaces_for
-from distdqn.runtime.processes import start_process_server
 from distdqn.roles.learner import make_optimizer, resolve_device
+from distdqn.runtime.processes import start_process_server
 
 DEFAULT_SECONDS = 10.0
 QUICK_SECONDS = 3.0

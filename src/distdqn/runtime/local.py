@@ -311,10 +311,10 @@ def run_local(
         attach(h, reader, proc)
 
     # A fresh apex run starts its actors before building the learner side: they wait for
-    # the first parameters, and their start-up (importing torch, building envs) overlaps
-    # the learner's (the first optimizer imports torch._dynamo: 2.3 s in a new process on
-    # 2 cores). A resumed run needs the checkpoint's actor generations first; gorila and
-    # sync start their learner processes first, as before.
+    # the first parameters, and their start-up (building envs and tracing the network, or
+    # importing torch too where children are spawned) overlaps the learner side's. A
+    # resumed run needs the checkpoint's actor generations first; gorila and sync start
+    # their learner processes first, as before.
     early_actors = not resume and not cfg.colocate and not remote_learning
     if early_actors:
         for h in handles:
