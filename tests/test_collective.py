@@ -71,8 +71,15 @@ def _leaver(rank: int, init_file: str, out_dir: str) -> None:
     import time
 
     collective.init_process_group(rank, WORLD, init_file, timeout_s=60)
+    ready = Path(out_dir) / "rank0_ready"
     if rank == 1:
+        # Vanish only once rank 0's init has returned: leaving while rank 0 is still in
+        # Gloo's connectFullMesh fails its init instead ("Connection closed by peer", CI).
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         os._exit(0)
+    ready.write_text("1")
     t0 = time.perf_counter()
     collective.destroy_process_group(barrier_timeout_s=2.0)
     (Path(out_dir) / "left.txt").write_text(f"{time.perf_counter() - t0:.3f}")
