@@ -247,19 +247,23 @@ def flat_params(module: torch.nn.Module) -> np.ndarray:
         return torch.cat([p.detach().reshape(-1).float().cpu() for p in module.state_dict().values()]).numpy()
 
 
+def as_flat_tensor(flat: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A flat parameter vector as a tensor to read from (no copy where none is needed)."""
+    if isinstance(flat, np.ndarray) and not flat.flags.writeable:
+        # e.g. a zero-copy view of Ray's object store: only read here, so no copy is needed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(flat)
+    return torch.as_tensor(flat)
+
+
 def load_flat_params(module: torch.nn.Module, flat: np.ndarray | torch.Tensor) -> None:
     """Copy a flat vector (layout of :func:`flat_params`) into ``module`` in place.
 
     Raises:
         ValueError: if the vector's length does not match the module's parameter count.
     """
-    if isinstance(flat, np.ndarray) and not flat.flags.writeable:
-        # e.g. a zero-copy view of Ray's object store: only read here, so no copy is needed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            src = torch.from_numpy(flat)
-    else:
-        src = torch.as_tensor(flat)
+    src = as_flat_tensor(flat)
     total = sum(t.numel() for t in module.state_dict().values())
     if src.numel() != total:
         raise ValueError(f"flat parameter vector has {src.numel()} values, network needs {total}")

@@ -13,7 +13,7 @@ from torch.optim.adam import adam as adam_update
 from torch.optim.rmsprop import rmsprop as rmsprop_update
 
 from distdqn.config import LearnerConfig
-from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, flat_params, load_flat_params
+from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, as_flat_tensor
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 
 
@@ -199,6 +199,20 @@ def flatten_optimizer_state(state: dict, sizes: list[int]) -> dict:
     return {"state": {0: merged} if merged else {}, "param_groups": [{**group, "params": [0]}]}
 
 
+def _flat_copy(buf: torch.Tensor) -> np.ndarray:
+    """A flat buffer as a new float32 CPU numpy vector."""
+    return buf.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _load_flat(buf: torch.Tensor, flat: np.ndarray | torch.Tensor) -> None:
+    """Copy a flat vector into a flat buffer in one op. Raises ValueError on a wrong length."""
+    src = as_flat_tensor(flat).reshape(-1)
+    if src.numel() != buf.numel():
+        raise ValueError(f"flat parameter vector has {src.numel()} values, network needs {buf.numel()}")
+    with torch.no_grad():
+        buf.copy_(src)
+
+
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     """CPU -> ``dev``; to a GPU through pinned (page-locked) memory with a non-blocking copy."""
     if dev.type == "cuda":
@@ -376,7 +390,7 @@ class Learner:
 
     def get_params(self) -> np.ndarray:
         """Online parameters as one flat float32 CPU vector (a copy)."""
-        return self._flat.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+        return _flat_copy(self._flat)
 
     def set_params(self, flat: np.ndarray | torch.Tensor) -> None:
         """Overwrite the online parameters with a flat vector (layout of :func:`flat_params`),
@@ -385,7 +399,7 @@ class Learner:
         Raises:
             ValueError: wrong length.
         """
-        load_flat_params(self.online, flat)
+        _load_flat(self._flat, flat)
 
     def set_target_params(self, flat: np.ndarray | torch.Tensor) -> None:
         """Overwrite the target parameters with a flat vector (layout of :func:`flat_params`).
@@ -393,11 +407,11 @@ class Learner:
         Raises:
             ValueError: wrong length.
         """
-        load_flat_params(self.target, flat)
+        _load_flat(self._target_flat, flat)
 
     def get_target_params(self) -> np.ndarray:
-        """Target parameters as one flat float32 CPU vector."""
-        return flat_params(self.target)
+        """Target parameters as one flat float32 CPU vector (a copy)."""
+        return _flat_copy(self._target_flat)
 
     def state_dict(self) -> dict:
         return {
