@@ -82,7 +82,9 @@ def test_spawned_interpreter_sees_registered_ids() -> None:
         "assert 'distdqn/Crashing-v0' in gymnasium.registry; "
         "assert 'ALE/Pong-v5' in gymnasium.registry"
     )
-    env = dict(os.environ, PYTHONPATH=str(SRC))
+    # SRC first, the rest kept: packages may come from PYTHONPATH too (a GPU machine's carried wheels).
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=60)
 
 

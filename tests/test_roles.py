@@ -666,3 +666,27 @@ def test_learner_flushes_denormals_on_cpu() -> None:
             assert (torch.tensor([1e-40]) * 1.0).item() == 0.0
     finally:
         torch.set_flush_denormal(True)
+
+
+def test_auto_device_puts_only_the_nature_cnn_on_cuda(monkeypatch) -> None:
+    """learner.device=auto: CUDA (when present) for the Nature CNN, the CPU for an MLP, whose
+    update is launch-bound on a GPU; cpu and cuda are taken as given."""
+    from types import SimpleNamespace
+
+    from distdqn.config import from_dict
+    from distdqn.program import learner_device
+    from distdqn.roles.learner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", "nature_cnn").type == "cuda"
+    assert resolve_device("auto", "mlp").type == "cpu"
+    assert resolve_device("cuda", "mlp").type == "cuda" and resolve_device("cpu", "nature_cnn").type == "cpu"
+    images, vectors = SimpleNamespace(obs_shape=(4, 84, 84)), SimpleNamespace(obs_shape=(4,))
+    assert learner_device(from_dict({}), images).type == "cuda"
+    assert learner_device(from_dict({}), vectors).type == "cpu"
+    assert learner_device(from_dict({"network": {"kind": "nature_cnn"}}), images).type == "cuda"
+    assert learner_device(from_dict({"learner": {"device": "cuda"}}), vectors).type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert learner_device(from_dict({}), images).type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda", "mlp")

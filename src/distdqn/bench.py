@@ -57,8 +57,8 @@ from distdqn.envs import EnvSpaces, EnvSpecError, is_atari, make_vector_env
 from distdqn.exploration import apex_epsilons
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 from distdqn.networks import trace_for_inference
-from distdqn.program import build_network, frame_dedup_enabled, spaces_for
-from distdqn.roles.learner import make_optimizer, resolve_device
+from distdqn.program import build_network, frame_dedup_enabled, learner_device, spaces_for
+from distdqn.roles.learner import make_optimizer
 from distdqn.runtime.processes import start_process_server
 
 DEFAULT_SECONDS = 10.0
@@ -486,7 +486,7 @@ def measure_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, r
             _, t = _timed(learner_step, seconds)
             return co.updates - before, t
 
-        device = resolve_device(c.learner.device)
+        device = learner_device(c, spaces)
         bare = BareUpdate(c, spaces, device)
         for _ in range(20):  # warm-up (allocator, autograd graph caches)
             learner_step()
@@ -684,7 +684,7 @@ def main(args: argparse.Namespace) -> int:
         "envs_per_actor": cfg.env.envs_per_actor, "seconds": float(seconds),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_default_threads": default_threads,
-                    "learner_device": str(resolve_device(cfg.learner.device))},
+                    "learner_device": str(learner_device(cfg, spaces))},
     }
     try:
         with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp:

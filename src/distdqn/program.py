@@ -11,7 +11,7 @@ from torch import nn
 from distdqn.config import ConfigError, ExperimentConfig, error_buffer, sample_unit
 from distdqn.core import flat_params
 from distdqn.envs import EnvSpaces, env_spaces, is_atari
-from distdqn.networks import make_network
+from distdqn.networks import make_network, network_kind
 from distdqn.replay import Replay, make_replay
 from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
@@ -81,8 +81,14 @@ def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generat
     return Actor(spec, cfg.env, cfg.actor, build_network(cfg, spaces))
 
 
+def learner_device(cfg: ExperimentConfig, spaces: EnvSpaces) -> torch.device:
+    """Where the learner runs: ``learner.device`` resolved for this env's network
+    (:func:`distdqn.roles.learner.resolve_device`)."""
+    return resolve_device(cfg.learner.device, network_kind(cfg.network, spaces.obs_shape)[0])
+
+
 def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
-    return Learner(cfg.learner, build_network(cfg, spaces), resolve_device(cfg.learner.device))
+    return Learner(cfg.learner, build_network(cfg, spaces), learner_device(cfg, spaces))
 
 
 def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_shards: int = 1) -> Replay | ReplayPools:

@@ -17,10 +17,12 @@ from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, as_flat_
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Raises ValueError for ``cuda`` without a GPU."""
+def resolve_device(name: str, network: str = "nature_cnn") -> torch.device:
+    """``learner.device`` as a torch device: ``auto`` -> CUDA when available and ``network``
+    (its resolved ``network.kind``) is the Nature CNN, else CPU (see
+    ``LearnerConfig.device``). Raises ValueError for ``cuda`` without a GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if network == "nature_cnn" and torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("learner.device=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)

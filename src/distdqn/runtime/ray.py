@@ -59,6 +59,7 @@ from distdqn.checkpoint import load_latest
 from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError, SampledBatch, TransitionChunk
 from distdqn.envs import EnvSpaces
+from distdqn.networks import network_kind
 from distdqn.program import build_actor, build_learner, build_parameter_server, build_replay
 from distdqn.runtime.common import Coordinator, IngestStats, RemoteParts, RunAborted, StopRequest, ingest_chunk
 
@@ -766,7 +767,7 @@ def run_ray(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: boo
         ps_view.note(ray.get(ps_h.stats.remote()))
         learner_hs = []
         if not collect_only:
-            gpus = 1 if _learner_gets_gpu(cfg) else 0
+            gpus = 1 if _learner_gets_gpu(cfg, spaces) else 0
             opts = {"num_cpus": 1, "num_gpus": gpus, **restarts}
             if not gpus:
                 opts["scheduling_strategy"] = here
@@ -790,11 +791,13 @@ def run_ray(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: boo
             ray.shutdown()
 
 
-def _learner_gets_gpu(cfg: ExperimentConfig) -> bool:
+def _learner_gets_gpu(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     import ray
 
     if cfg.learner.device == "cpu":
         return False
+    if cfg.learner.device == "auto" and network_kind(cfg.network, spaces.obs_shape)[0] != "nature_cnn":
+        return False  # auto keeps an MLP learner on the CPU (LearnerConfig.device)
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.learner.device == "cuda" and gpus < cfg.learner.num_learners:
         raise RunAborted(f"learner.device=cuda but the Ray cluster has {gpus:g} GPUs for "
