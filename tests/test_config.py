@@ -343,7 +343,7 @@ def test_replace_returns_validated_copy() -> None:
     cfg = ExperimentConfig()
     new = replace(cfg, **{"replay.capacity": 5000, "actor.chunk_size": 8})
     assert new.replay.capacity == 5000 and new.actor.chunk_size == 8
-    assert cfg.replay.capacity == 100_000 and cfg.actor.chunk_size == 64
+    assert cfg.replay.capacity == 100_000 and cfg.actor.chunk_size == 256
     with pytest.raises(Exception):
         cfg.replay.capacity = 5  # type: ignore[misc]  (frozen)
 

@@ -131,9 +131,12 @@ class ActorConfig:
     apex_alpha: float = 7.0
     param_sync_period: int = 50
     """Actor steps (vector steps) between checks for newer parameters."""
-    chunk_size: int = 64
+    chunk_size: int = 256
     """Transitions per chunk sent to replay: at least this many, at most
-    ``envs_per_actor * n_step`` more (windows are resolved per chunk, not per step)."""
+    ``envs_per_actor * n_step`` more (windows are resolved per chunk, not per step). Each
+    chunk costs a fixed overhead in both processes (a pipe write and read, thread wake-ups):
+    on 2 cores CartPole collection ran about 0.86 of the bare loop's speed per actor with
+    256 against 0.77-0.81 with 64, and the learner process used 7% of a core instead of 15%."""
     trace_network: bool = True
     """Act with a TorchScript trace of the Q-network (``torch.jit.trace``; the same function
     and parameters, less per-operator overhead). ``false``: act with the eager module."""

@@ -130,6 +130,8 @@ class Actor:
         seeds: list[int | None] = [None] * self.num_envs
         if not force:
             mask = mask & (self.steps - self._episode_start >= RESEED_STEPS)
+            if not mask.any():  # most episode ends: nothing to seed, nothing to trim
+                return seeds
         for i in np.flatnonzero(mask):
             s = int(self.rng.integers(2**31 - 1))
             self._episode_seed[i] = s

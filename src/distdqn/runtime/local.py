@@ -44,7 +44,7 @@ import torch
 from distdqn.config import ExperimentConfig
 from distdqn.core import NonFiniteLossError, flat_params
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_actor, build_evaluator, build_network
+from distdqn.program import build_actor, build_evaluator, build_network, frame_dedup_enabled
 from distdqn.runtime.common import Coordinator, RunAborted, StopRequest
 from distdqn.runtime.learner_procs import RemoteLearners
 from distdqn.runtime.processes import ParentWatch, expected_parent, process_context
@@ -138,7 +138,7 @@ def actor_main(
         time.sleep(0.01)
     steps = 0
     try:
-        while not stop_event.is_set():
+        while True:
             chunk = loop.tick()
             steps += 1
             if chunk is not None:
@@ -146,8 +146,11 @@ def actor_main(
                     out_conn.send(chunk)  # blocks while the learner is not taking chunks
                 except OSError:  # BrokenPipeError: the learner process is gone
                     return
-            if steps % 256 == 0 and parent.gone():
-                return  # the learner process is gone: do not linger as an orphan
+            if steps % 16 == 0:  # the shared event costs a lock per look
+                if stop_event.is_set():
+                    return
+                if steps % 256 == 0 and parent.gone():
+                    return  # the learner process is gone: do not linger as an orphan
     finally:
         loop.close()
         out_conn.close()
@@ -288,6 +291,7 @@ def run_local(
     halt = threading.Event()
     arrived = threading.Event()  # a chunk reached an inbox
     shared = SharedParams(ctx, int(flat_params(build_network(cfg, spaces)).size))
+    pipe_bytes = chunk_bytes(cfg, spaces)
 
     def attach(h: _ActorHandle, reader: Any, proc: Any) -> None:
         """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
@@ -299,7 +303,7 @@ def run_local(
 
     def start(h: _ActorHandle) -> None:
         reader, writer = ctx.Pipe(duplex=False)
-        _shrink_pipe(reader)
+        _size_pipe(reader, pipe_bytes)
         proc = ctx.Process(
             target=actor_main,
             args=(h.actor_id, h.generation, cfg, spaces, shared, writer, stop_event, expected_parent(ctx)),
@@ -459,14 +463,30 @@ def run_local(
     return summary
 
 
-def _shrink_pipe(conn: Any) -> None:
-    """Make the OS pipe buffer as small as Linux allows (one page) so that few chunks wait
-    in flight: the inbox, not the kernel, should hold the backlog (less parameter lag and
-    fewer transitions dropped at shutdown). Best effort: a no-op where unsupported."""
+PIPE_MAX_BYTES = 1 << 20
+"""Largest actor pipe asked for (Linux's default ``/proc/sys/fs/pipe-max-size``)."""
+
+
+def chunk_bytes(cfg: ExperimentConfig, spaces: EnvSpaces) -> int:
+    """About the pickled size of the largest chunk an actor sends (``chunk_size + envs_per_actor
+    * n_step`` transitions; frames instead of stacks with frame deduplication), in bytes."""
+    item = np.dtype(spaces.obs_dtype).itemsize
+    obs = int(np.prod(spaces.obs_shape)) * item
+    per = int(np.prod(spaces.obs_shape[1:])) * item + 40 if frame_dedup_enabled(cfg, spaces) else 2 * obs + 32
+    return (cfg.actor.chunk_size + cfg.env.envs_per_actor * cfg.actor.n_step) * per + 4096
+
+
+def _size_pipe(conn: Any, nbytes: int) -> None:
+    """Size the OS pipe buffer to hold one chunk (``nbytes``; at least a page, at most
+    :data:`PIPE_MAX_BYTES`): an actor's send then is one write that need not wait for the
+    learner process to read, while the inbox, not the kernel, holds any backlog (less
+    parameter lag, fewer transitions dropped at shutdown). A 4 KiB pipe split CartPole's
+    chunks into several writes, each waiting on the reader. Best effort: a no-op where
+    unsupported."""
     try:
         import fcntl
 
-        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, int(min(max(nbytes, 4096), PIPE_MAX_BYTES)))
     except (ImportError, AttributeError, OSError):
         pass
 
