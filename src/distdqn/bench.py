@@ -99,6 +99,10 @@ under the larger benchmark budget."""
 
 LEARNING_ROUNDS = 3
 """(b) alternates the two loops this many times, so slow drifts in machine load hit both."""
+COLLECTION_ROUNDS = 3
+"""(a) takes this many collection runs, each between two ceiling measurements, for the
+same reason: this machine's speed swung by up to 1.5x between a ceiling taken before one
+long run and one taken after it."""
 FILL_LIMIT = 100_000
 """(b) fills the replay with min(capacity, this) random transitions."""
 
@@ -719,20 +723,37 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def measure_collection_rounds(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Path,
+                              rounds: int = COLLECTION_ROUNDS) -> dict[str, Any]:
+    """(a) in alternating rounds: ceiling, collection run, ceiling, ... (``rounds``
+    collection runs of ``seconds / rounds`` each after warm-up, at least 2 s; ``rounds + 1``
+    ceilings of half that). Each run is set against the mean of the ceilings on either side
+    of it. Returns ``sps`` (mean of the runs), ``ceiling_sps`` (mean of the runs' ceilings),
+    ``round_ratios`` and the measurements themselves (``runs``, ``ceilings``).
+    """
+    a, e = cfg.actor.num_actors, cfg.env.envs_per_actor
+    window = max(seconds / rounds, 2.0)
+    _say(f"(a) collection ceiling: {a} bare processes x {e} envs, {window / 2:g} s")
+    ceilings = [measure_collection_ceiling(cfg, spaces, window / 2)]
+    runs = []
+    for r in range(rounds):
+        _say(f"(a) collection, round {r + 1}/{rounds}: run_local(collect_only=True), >= {window:g} s after warm-up")
+        runs.append(measure_collection(cfg, spaces, window, ceilings[-1]["sps"], work / f"collect{r}"))
+        _say(f"(a) collection ceiling: {window / 2:g} s")
+        ceilings.append(measure_collection_ceiling(cfg, spaces, window / 2))
+    sides = [(ceilings[r]["sps"] + ceilings[r + 1]["sps"]) / 2 for r in range(rounds)]
+    return {"sps": float(np.mean([x["sps"] for x in runs])), "ceiling_sps": float(np.mean(sides)),
+            "round_ratios": [x["sps"] / c for x, c in zip(runs, sides)], "runs": runs, "ceilings": ceilings,
+            "warm_env_steps": runs[0]["warm_env_steps"], "window_s": window}
+
+
 def _throughput_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Path,
                      report: dict[str, Any]) -> list[Row]:
     """Rows (a), (b), (c); their figures go into ``report``."""
+    coll = measure_collection_rounds(cfg, spaces, seconds, work)
+    report["collection"] = coll
     a, e = cfg.actor.num_actors, cfg.env.envs_per_actor
-    # The ceiling is measured in two halves, before and after the collection run, so
-    # that load from other processes on the machine weighs on both sides alike.
-    _say(f"(a) collection ceiling, first half: {a} bare processes x {e} envs, {seconds / 2:g} s")
-    before = measure_collection_ceiling(cfg, spaces, seconds / 2)
-    _say(f"(a) collection: run_local(collect_only=True), >= {seconds:g} s after warm-up")
-    coll = measure_collection(cfg, spaces, seconds, before["sps"], work / "collect")
-    _say(f"(a) collection ceiling, second half: {seconds / 2:g} s")
-    after = measure_collection_ceiling(cfg, spaces, seconds / 2)
-    ceiling_sps = (before["sps"] + after["sps"]) / 2
-    report["collection"] = {**coll, "ceiling_sps": ceiling_sps, "ceiling_before": before, "ceiling_after": after}
+    ceiling_sps = coll["ceiling_sps"]
     rows = [Row(f"(a) collection: env steps/s, {a} actors x {e} envs, learner idle", coll["sps"], ceiling_sps,
                 f"(bare env + forward, {a} procs)", (">=", COLLECTION_TARGET))]
 
@@ -767,17 +788,20 @@ def _notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
         how = "torch default" if solve["sb3_threads_requested"] is None else "requested"
         sb3_threads = f", SB3 {solve['sb3_torch_threads']} ({how})"
     coll = report["collection"]
-    if coll["steady_state"]:
-        how = (f"steady state from metrics.csv over {coll['steady_state']['window_s']:.1f} s after "
-               f"{coll['warm_env_steps']:,} warm-up env steps (epsilon decay)")
-    else:
-        how = "summary sps, start-up included (too few metrics rows for a steady-state window)"
+    windows = [r["steady_state"]["window_s"] for r in coll["runs"] if r["steady_state"]]
+    how = (f"mean of {len(coll['runs'])} runs, each the steady state from metrics.csv (over "
+           f"{', '.join(f'{w:.1f}' for w in windows)} s) after {coll['warm_env_steps']:,} warm-up env steps "
+           "(epsilon decay)")
+    if len(windows) < len(coll["runs"]):
+        how += "; a run without a steady-state window counts its summary sps, start-up included"
+    ceilings = ", ".join(f"{c['sps']:,.0f}" for c in coll["ceilings"])
+    ratios = ", ".join(f"{r:.2f}" for r in coll["round_ratios"])
     notes = [
         f"machine: {m['cpus']} CPUs, torch {m['torch']}, learner device {m['learner_device']}; torch threads: "
         f"actors and (a) ceiling 1, learner and both (b) loops {cfg.learner.torch_threads} "
         f"(learner.torch_threads){sb3_threads}.",
-        f"(a) figure: {how}; ceiling: mean of {coll['ceiling_before']['sps']:,.0f} (before the run) and "
-        f"{coll['ceiling_after']['sps']:,.0f} (after).",
+        f"(a) figure: {how}; ceiling: the mean of the ceilings taken before and after each run "
+        f"({ceilings}); per-run ratios {ratios}.",
         "(c) summary figures include actor spawn; steady state excludes it. Ratios to the (a)/(b) ceilings "
         "are for orientation (actors and learner share the CPU; samples_per_insert ties sps to ups).",
     ]

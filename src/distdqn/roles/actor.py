@@ -108,6 +108,9 @@ class Actor:
         self._chunk_restarts = 0
         self._chunk_trigger = cfg.chunk_size + self.num_envs * cfg.n_step
         self._eps_value, self._eps = float("nan"), np.zeros(self.num_envs)
+        self._eps_final = False  # the linear decay is over: epsilon stays at epsilon_end
+        # RecordEpisodeStatistics sits on the raw env: for Atari it counts emulator frames.
+        self._frames_per_step = env_cfg.frame_skip if is_atari(env_cfg.id) else 1
 
     # ------------------------------------------------------------------ envs
 
@@ -221,11 +224,15 @@ class Actor:
         """``[E]`` current epsilon of each sub-env."""
         if self._apex_eps is not None:
             return self._apex_eps
+        if self._eps_final:
+            return self._eps
         c = self.cfg
         # Global env steps estimated as this actor's steps times the number of actors.
-        eps = linear_epsilon(self.env_steps * self.spec.num_actors, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
+        steps = self.env_steps * self.spec.num_actors
+        eps = linear_epsilon(steps, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
         if eps != self._eps_value:  # constant once the decay is over: keep the array
             self._eps_value, self._eps = eps, np.full(self.num_envs, eps)
+        self._eps_final = steps >= c.epsilon_decay_steps
         return self._eps
 
     def select_actions(self, obs: np.ndarray) -> np.ndarray:
@@ -343,8 +350,7 @@ class Actor:
         if ep is None:
             return
         mask = info.get("_episode", done)
-        # RecordEpisodeStatistics sits on the raw env: for Atari it counts emulator frames.
-        per_step = self.env_cfg.frame_skip if is_atari(self.env_cfg.id) else 1
+        per_step = self._frames_per_step
         for i in np.flatnonzero(mask & done):
             self._episode_returns.append(float(ep["r"][i]))
             self._episode_lengths.append(int(ep["l"][i]) // per_step)
@@ -462,6 +468,7 @@ class Actor:
         load_flat_params(self.net, state["params"])
         self.param_version = int(state["param_version"])
         self.steps, self.env_steps = int(state["steps"]), int(state["env_steps"])
+        self._eps_value, self._eps_final = float("nan"), False
         self.env_restarts, self._since_sync = int(state["env_restarts"]), int(state["since_sync"])
         self._episode_seed = state["episode_seed"].numpy().copy()
         actions = [t.numpy().astype(np.int64) for t in state["actions"]]

@@ -1,0 +1,37 @@
+"""The classic bench rows' bookkeeping (no processes: the measurements are stubbed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distdqn import bench
+from distdqn.config import from_dict
+from distdqn.program import spaces_for
+
+
+def test_collection_rounds_set_each_run_against_the_ceilings_around_it(monkeypatch, tmp_path: Path) -> None:
+    """(a) alternates ceiling, run, ceiling, ...: each run is compared with the mean of the
+    two ceilings beside it; the row's figures are the means over the runs."""
+    calls: list[tuple[str, float]] = []
+    ceilings = iter([100.0, 80.0, 120.0, 60.0])
+    runs = iter([72.0, 90.0, 45.0])
+
+    def ceiling(cfg, spaces, seconds):
+        calls.append(("ceiling", seconds))
+        return {"sps": next(ceilings)}
+
+    def collect(cfg, spaces, seconds, expected_sps, run_dir, warm_env_steps=None):
+        calls.append(("run", seconds))
+        return {"sps": next(runs), "steady_state": None, "warm_env_steps": 20_000, "expected": expected_sps}
+
+    monkeypatch.setattr(bench, "measure_collection_ceiling", ceiling)
+    monkeypatch.setattr(bench, "measure_collection", collect)
+    cfg = from_dict({})
+    out = bench.measure_collection_rounds(cfg, spaces_for(cfg), 9.0, tmp_path, rounds=3)
+    assert [c[0] for c in calls] == ["ceiling", "run", "ceiling", "run", "ceiling", "run", "ceiling"]
+    assert [c[1] for c in calls] == [1.5, 3.0, 1.5, 3.0, 1.5, 3.0, 1.5]
+    assert out["round_ratios"] == pytest.approx([72 / 90, 90 / 100, 45 / 90])
+    assert out["sps"] == pytest.approx(69.0) and out["ceiling_sps"] == pytest.approx(280 / 3)
+    assert [r["expected"] for r in out["runs"]] == [100.0, 80.0, 120.0]  # sized from the last ceiling
