@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 
-from distdqn.bench import BareUpdate, _random_transitions
+from distdqn.bench import BareUpdate, _random_transitions, _timed
 from distdqn.config import apply_overrides, from_dict, load_yaml
 from distdqn.core import SampledBatch
 from distdqn.program import build_learner, learner_device, spaces_for
@@ -38,16 +37,12 @@ def cpu_batches(cfg, spaces, n: int = 8) -> list[SampledBatch]:
 
 
 def rate(step, sync, seconds: float) -> float:
+    """Calls per second after 5 warm-up calls (device work waited for at both ends)."""
     for _ in range(5):
         step()
     sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(10):
-            step()
-        n += 10
-    sync()
-    return n / (time.perf_counter() - t0)
+    calls, elapsed = _timed(step, seconds, sync)
+    return calls / elapsed
 
 
 def main() -> None:

@@ -733,13 +733,13 @@ def measure_collection_rounds(cfg: ExperimentConfig, spaces: EnvSpaces, seconds:
     """
     a, e = cfg.actor.num_actors, cfg.env.envs_per_actor
     window = max(seconds / rounds, 2.0)
-    _say(f"(a) collection ceiling: {a} bare processes x {e} envs, {window / 2:g} s")
+    _say(f"(a) collection ceiling: {a} bare processes x {e} envs, {window / 2:.3g} s")
     ceilings = [measure_collection_ceiling(cfg, spaces, window / 2)]
     runs = []
     for r in range(rounds):
-        _say(f"(a) collection, round {r + 1}/{rounds}: run_local(collect_only=True), >= {window:g} s after warm-up")
+        _say(f"(a) collection, round {r + 1}/{rounds}: run_local(collect_only=True), >= {window:.3g} s after warm-up")
         runs.append(measure_collection(cfg, spaces, window, ceilings[-1]["sps"], work / f"collect{r}"))
-        _say(f"(a) collection ceiling: {window / 2:g} s")
+        _say(f"(a) collection ceiling: {window / 2:.3g} s")
         ceilings.append(measure_collection_ceiling(cfg, spaces, window / 2))
     sides = [(ceilings[r]["sps"] + ceilings[r + 1]["sps"]) / 2 for r in range(rounds)]
     return {"sps": float(np.mean([x["sps"] for x in runs])), "ceiling_sps": float(np.mean(sides)),

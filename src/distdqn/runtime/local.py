@@ -139,6 +139,11 @@ def actor_main(
     steps = 0
     try:
         while True:
+            if steps % 16 == 0:  # the shared event costs a lock per look
+                if stop_event.is_set():
+                    return
+                if steps % 256 == 0 and parent.gone():
+                    return  # the learner process is gone: do not linger as an orphan
             chunk = loop.tick()
             steps += 1
             if chunk is not None:
@@ -146,11 +151,6 @@ def actor_main(
                     out_conn.send(chunk)  # blocks while the learner is not taking chunks
                 except OSError:  # BrokenPipeError: the learner process is gone
                     return
-            if steps % 16 == 0:  # the shared event costs a lock per look
-                if stop_event.is_set():
-                    return
-                if steps % 256 == 0 and parent.gone():
-                    return  # the learner process is gone: do not linger as an orphan
     finally:
         loop.close()
         out_conn.close()
