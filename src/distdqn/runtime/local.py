@@ -51,8 +51,10 @@ from distdqn.runtime.processes import ParentWatch, expected_parent, process_cont
 
 log = logging.getLogger(__name__)
 
-INBOX_CHUNKS = 2
-"""Received chunks buffered per actor in the learner process (plus what the pipe holds)."""
+INBOX_CHUNKS = 1
+"""Received chunks buffered per actor in the learner process (plus what the pipe holds,
+about one more): with chunks of 256 transitions a second one mostly added parameter lag
+(make train: about 28 vs 34 published versions early in the run)."""
 JOIN_GRACE_S = 10.0
 
 
