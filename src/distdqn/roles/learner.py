@@ -17,12 +17,18 @@ from distdqn.core import LearnOutput, NonFiniteLossError, SampledBatch, as_flat_
 from distdqn.losses import n_step_double_dqn_targets, td_loss
 
 
-def resolve_device(name: str, network: str = "nature_cnn") -> torch.device:
-    """``learner.device`` as a torch device: ``auto`` -> CUDA when available and ``network``
-    (its resolved ``network.kind``) is the Nature CNN, else CPU (see
-    ``LearnerConfig.device``). Raises ValueError for ``cuda`` without a GPU."""
+def auto_uses_cuda(network: str) -> bool:
+    """Whether ``learner.device: auto`` wants CUDA for a learner of this (resolved)
+    ``network.kind``: the Nature CNN yes, an MLP no (see ``LearnerConfig.device``)."""
+    return network == "nature_cnn"
+
+
+def resolve_device(name: str, network: str) -> torch.device:
+    """``learner.device`` as a torch device for a learner of ``network`` (its resolved
+    ``network.kind``): ``auto`` -> CUDA when :func:`auto_uses_cuda` and a GPU is present,
+    else CPU. Raises ValueError for ``cuda`` without a GPU."""
     if name == "auto":
-        return torch.device("cuda" if network == "nature_cnn" and torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if auto_uses_cuda(network) and torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("learner.device=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)

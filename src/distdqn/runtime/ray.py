@@ -61,6 +61,7 @@ from distdqn.core import NonFiniteLossError, SampledBatch, TransitionChunk
 from distdqn.envs import EnvSpaces
 from distdqn.networks import network_kind
 from distdqn.program import build_actor, build_learner, build_parameter_server, build_replay
+from distdqn.roles.learner import auto_uses_cuda
 from distdqn.runtime.common import Coordinator, IngestStats, RemoteParts, RunAborted, StopRequest, ingest_chunk
 
 log = logging.getLogger(__name__)
@@ -796,7 +797,7 @@ def _learner_gets_gpu(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
 
     if cfg.learner.device == "cpu":
         return False
-    if cfg.learner.device == "auto" and network_kind(cfg.network, spaces.obs_shape)[0] != "nature_cnn":
+    if cfg.learner.device == "auto" and not auto_uses_cuda(network_kind(cfg.network, spaces.obs_shape)[0]):
         return False  # auto keeps an MLP learner on the CPU (LearnerConfig.device)
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.learner.device == "cuda" and gpus < cfg.learner.num_learners:
