@@ -17,18 +17,19 @@ import json
 import numpy as np
 import torch
 
-from distdqn.bench import BareUpdate, _random_transitions, _timed
+from distdqn.agents.dqn.spec import transition_batch
+from distdqn.bench import BareUpdate, random_transitions, timed
 from distdqn.config import apply_overrides, from_dict, load_yaml
-from distdqn.core import SampledBatch
+from distdqn.core import Batch
 from distdqn.program import build_learner, learner_device, spaces_for
 
 
-def cpu_batches(cfg, spaces, n: int = 8) -> list[SampledBatch]:
+def cpu_batches(cfg, spaces, n: int = 8) -> list[Batch]:
     rng = np.random.default_rng([cfg.seed, 21])
     out = []
     for _ in range(n):
-        d = _random_transitions(spaces, cfg.learner.batch_size, rng, cfg.learner.gamma ** cfg.actor.n_step)
-        out.append(SampledBatch(obs=torch.from_numpy(d["obs"]), action=torch.from_numpy(d["action"]),
+        d = random_transitions(spaces, cfg.learner.batch_size, rng, cfg.learner.gamma ** cfg.actor.n_step)
+        out.append(transition_batch(obs=torch.from_numpy(d["obs"]), action=torch.from_numpy(d["action"]),
                                 reward=torch.from_numpy(d["reward"]), discount=torch.from_numpy(d["discount"]),
                                 next_obs=torch.from_numpy(d["next_obs"]),
                                 weights=torch.from_numpy(rng.uniform(0.3, 1.0, cfg.learner.batch_size).astype(np.float32)),
@@ -41,7 +42,7 @@ def rate(step, sync, seconds: float) -> float:
     for _ in range(5):
         step()
     sync()
-    calls, elapsed = _timed(step, seconds, sync)
+    calls, elapsed = timed(step, seconds, sync)
     return calls / elapsed
 
 

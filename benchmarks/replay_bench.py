@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from distdqn.config import ReplayConfig
-from distdqn.core import TransitionChunk
+from distdqn.agents.dqn.spec import transition_chunk, transition_spec
 from distdqn.replay import make_replay
 
 
@@ -25,13 +25,13 @@ def main() -> None:
 
     cfg = ReplayConfig(kind="prioritized", capacity=args.capacity, min_replay_size=args.batch,
                        samples_per_insert=0.0, initial_priority="actor")
-    replay = make_replay(cfg, args.batch, (4,), np.float32, seed=0)
+    replay = make_replay(cfg, args.batch, transition_spec((4,), np.float32), seed=0)
     rng = np.random.default_rng(1)
     chunk_len = 100_000
     t0 = time.perf_counter()
     for start in range(0, args.capacity, chunk_len):
         t = min(chunk_len, args.capacity - start)
-        replay.insert(TransitionChunk(
+        replay.insert(transition_chunk(
             obs=rng.standard_normal((t, 4), dtype=np.float32),
             action=rng.integers(0, 2, t),
             reward=np.ones(t, np.float32),

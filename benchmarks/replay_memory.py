@@ -18,7 +18,7 @@ Only touched pages count in RSS: the replay's arrays are ``np.zeros`` (untouched
 cost nothing), so the "full" figure is what is really in use, and the "wrapped" figure is
 the most the replay will ever use.
 
-The synthetic actors are :class:`distdqn.bench_replay.SyntheticActor` (also behind rows
+The synthetic actors are :class:`distdqn.bench.SyntheticActor` (also behind rows
 (e) and (f) of ``distdqn bench --env ALE/Pong-v5``).
 
 Run: ``PYTHONPATH=src python benchmarks/replay_memory.py`` (needs ~8 GB of free memory;
@@ -33,9 +33,10 @@ import time
 
 import numpy as np
 
-from distdqn.bench_replay import FRAME, FRAME_BYTES, SyntheticActor, fill, rss_bytes
+from distdqn.agents.dqn.spec import transition_spec
+from distdqn.bench import FRAME, FRAME_BYTES, SyntheticActor, fill, rss_bytes
 from distdqn.config import ReplayConfig
-from distdqn.replay import Replay
+from distdqn.replay import make_replay
 
 STACK = 4
 TARGET_BYTES = 1.1 * 1_000_000 * FRAME_BYTES  # 1.1 x 7.06 GB
@@ -72,7 +73,7 @@ def main() -> None:
                        initial_priority="actor", frame_dedup="on")
     gc.collect()
     rss0 = rss_bytes()
-    replay = Replay(cfg, 32, (STACK, *FRAME), np.uint8, seed=0)
+    replay = make_replay(cfg, 32, transition_spec((STACK, *FRAME), np.uint8, cfg.frame_dedup == "on"), seed=0)
     st = replay.storage
     rss_built = rss_bytes()
 

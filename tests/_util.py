@@ -30,3 +30,43 @@ def torch_roundtrip(obj: Any) -> Any:
     torch.save(obj, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=True)
+
+
+def dqn_replay(config, batch_size, obs_shape, obs_dtype, seed, frame_capacity=None):
+    """A replay of DQN transitions of ``obs_shape`` observations (frame-stack fields when
+    ``config.frame_dedup == "on"``), as the agent's spec would build it."""
+    from distdqn.agents.dqn.spec import transition_spec
+    from distdqn.replay import make_replay
+
+    spec = transition_spec(obs_shape, obs_dtype, frame_dedup=config.frame_dedup == "on")
+    return make_replay(config, batch_size, spec, seed, frame_capacity)
+
+
+def dqn_ring_storage(capacity, obs_shape, obs_dtype):
+    """A ring storage of DQN transitions of ``obs_shape`` observations."""
+    from distdqn.agents.dqn.spec import transition_spec
+    from distdqn.replay import RingStorage
+
+    return RingStorage(capacity, transition_spec(obs_shape, obs_dtype))
+
+
+def dqn_frame_storage(capacity, obs_shape, obs_dtype, frame_capacity=None):
+    """A frame storage of DQN transitions whose observations are ``obs_shape`` frame stacks."""
+    from distdqn.agents.dqn.spec import transition_spec
+    from distdqn.replay import FrameStorage
+
+    return FrameStorage(capacity, transition_spec(obs_shape, obs_dtype, frame_dedup=True), frame_capacity)
+
+
+def flush(actor):
+    """Whatever transitions the actor has pending, staged ones completed with one forward pass
+    over its current observations, as a chunk (or None): what a chunk made at this step would
+    hold."""
+    import numpy as np
+    import torch
+
+    if actor.spec.compute_priorities and actor.adder.num_staged:
+        with torch.inference_mode():
+            v = actor.policy.policy(torch.from_numpy(actor._obs)).max(dim=1).values.numpy()
+        actor.adder.resolve(np.asarray(v))
+    return actor._make_chunk()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distdqn import bench
+from distdqn.bench import collection as bench
 from distdqn.config import from_dict
 from distdqn.program import spaces_for
 

@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from distdqn.bench import _bench_config, bench_mode
-from distdqn.bench_replay import FRAME_BYTES, ReplaySpec, SyntheticActor, measure_replay
+from distdqn.bench import bench_config as _bench_config
+from distdqn.bench import bench_mode
+from distdqn.bench import FRAME_BYTES, ReplaySpec, SyntheticActor, measure_replay
 from distdqn.cli import make_parser
 from distdqn.config import ConfigError
-from distdqn.replay import Replay
+from _util import dqn_replay as Replay
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distdqn import checkpoint as ckpt_mod
-from distdqn.checkpoint import (
+from distdqn.io import checkpoint as ckpt_mod
+from distdqn.io.checkpoint import (
     CheckpointError,
     complete_checkpoints,
     load_checkpoint,

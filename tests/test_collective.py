@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as tmp
 
 from distdqn.config import LearnerConfig, NetworkConfig
-from distdqn.core import SampledBatch
-from distdqn.networks import make_network
+from distdqn.agents.dqn.spec import transition_batch as SampledBatch
+from distdqn.agents.dqn.networks import make_network
 from distdqn.roles.learner import Learner
 from distdqn.runtime import collective
 

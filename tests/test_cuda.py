@@ -14,10 +14,12 @@ import torch
 from _util import config_with, torch_roundtrip
 
 from distdqn.config import LearnerConfig, NetworkConfig, from_dict
-from distdqn.core import SampledBatch, flat_params
-from distdqn.networks import make_network
+from distdqn.agents.dqn.spec import transition_batch as SampledBatch
+from distdqn.core import flat_params
+from distdqn.agents.dqn.networks import make_network
 from distdqn.program import spaces_for
-from distdqn.roles.learner import FlatOptimizer, Learner, make_optimizer
+from distdqn.roles.learner import Learner
+from distdqn.roles.optim import FlatOptimizer, make_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

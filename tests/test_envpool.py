@@ -19,7 +19,7 @@ import pytest
 envpool = pytest.importorskip("envpool")
 
 from distdqn.config import EnvConfig, from_dict  # noqa: E402
-from distdqn.envpool_backend import EnvPoolVectorEnv, envpool_task_id  # noqa: E402
+from distdqn.envs.envpool import EnvPoolVectorEnv, envpool_task_id  # noqa: E402
 from distdqn.envs import EnvSpaces, EnvSpecError, env_spaces, make_vector_env  # noqa: E402
 from distdqn.program import build_actor, build_replay, spaces_for  # noqa: E402
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from distdqn import testing_envs
+from distdqn.testing import envs as testing_envs
 from distdqn.config import EnvConfig
 from distdqn.envs import (
     EnvSpaces,
@@ -78,7 +78,7 @@ def test_max_episode_steps_override_truncates_and_reports_episode() -> None:
 
 def test_spawned_interpreter_sees_registered_ids() -> None:
     code = (
-        "import gymnasium, distdqn.envs; "
+        "import gymnasium, distdqn.envs, distdqn.testing.envs; "
         "assert 'distdqn/Crashing-v0' in gymnasium.registry; "
         "assert 'ALE/Pong-v5' in gymnasium.registry"
     )

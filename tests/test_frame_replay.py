@@ -18,11 +18,14 @@ from _util import torch_roundtrip
 import torch
 
 from distdqn.config import ExperimentConfig, ReplayConfig, replace
-from distdqn.core import FrameBlock, TransitionChunk, finite_mask
+from distdqn.agents.dqn.spec import transition_chunk as TransitionChunk
+from distdqn.core import FrameBlock, finite_mask
 from distdqn.program import build_actor, build_replay, frame_dedup_enabled, spaces_for
-from distdqn.replay import FrameStorage, Replay
+from _util import dqn_frame_storage
+from _util import dqn_replay as Replay
+from distdqn.replay import FrameStorage
 from distdqn.replay.pools import ReplayPools
-from distdqn.testing_envs import frame_info
+from distdqn.testing.envs import frame_info
 
 ENV = "distdqn/StackedFrames-v0"
 
@@ -296,7 +299,7 @@ def _compact(stream: int, start: int, prev: list[int], obs: list[int], nxt: list
 
 
 def test_hand_made_chunks_padding_gaps_and_overwritten_frames() -> None:
-    st = FrameStorage(capacity=20, obs_shape=(3, 2, 2), obs_dtype=np.uint8, frame_capacity=12)
+    st = dqn_frame_storage(capacity=20, obs_shape=(3, 2, 2), obs_dtype=np.uint8, frame_capacity=12)
 
     def px(stacks: np.ndarray) -> list[list[int]]:
         return stacks[:, :, 0, 0].tolist()
@@ -373,7 +376,7 @@ def test_actor_state_dict_restores_frame_numbering() -> None:
     try:
         for _ in range(37):
             a1.step()
-        assert a1._pending_frames  # frames observed but not yet sent
+        assert a1.frames._frames  # frames observed but not yet sent
         state = _roundtrip(a1.state_dict())
         a2 = build_actor(cfg, spaces, 0, generation=1)
         a2.load_state_dict(state)
@@ -422,7 +425,7 @@ def test_finite_mask_and_select_on_compact_chunks() -> None:
 
 
 def test_serial_run_with_frame_dedup_resumes_exactly(tmp_path: Path) -> None:
-    from distdqn.checkpoint import complete_checkpoints, load_checkpoint
+    from distdqn.io.checkpoint import complete_checkpoints, load_checkpoint
     from distdqn.runtime.serial import run_serial
 
     def cfg(steps: int) -> ExperimentConfig:

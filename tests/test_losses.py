@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distdqn.losses import n_step_double_dqn_targets, td_loss
+from distdqn.agents.dqn.loss import n_step_double_dqn_targets, td_loss
 
 REWARD = torch.tensor([1.0, 2.0, -1.0])
 DISCOUNT = torch.tensor([0.9, 0.0, 0.81])

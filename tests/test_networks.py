@@ -8,7 +8,7 @@ import torch
 
 from distdqn.config import NetworkConfig
 from distdqn.core import flat_params, load_flat_params
-from distdqn.networks import MLPQNetwork, NatureCNN, make_network, network_kind
+from distdqn.agents.dqn.networks import MLPQNetwork, NatureCNN, make_network, network_kind
 
 
 def net(kind="mlp", hidden=(16, 8), dueling=False, obs_shape=(4,), actions=3, seed=0):

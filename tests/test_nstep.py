@@ -15,10 +15,10 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-import distdqn.envs  # noqa: F401  (registers distdqn/Chain-v0)
+import distdqn.testing.envs  # noqa: F401  (registers distdqn/Chain-v0)
 from distdqn.config import EnvConfig
 from distdqn.envs import make_vector_env
-from distdqn.nstep import NStepAccumulator
+from distdqn.agents.dqn.nstep import NStepAccumulator
 
 G = 0.9
 
@@ -508,26 +508,6 @@ def test_num_recorded_bounds_complete_transitions() -> None:
             cols = acc.pop()
             assert (0 if cols is None else len(cols[1])) == k
             assert acc.num_recorded <= e * n
-
-
-def test_loads_state_from_before_lazy_windows() -> None:
-    """A state_dict written by the eager accumulator (emitted rows + open windows): complete
-    rows are kept for the next pop, staged rows and open windows are dropped."""
-    e, n = 2, 3
-    rows = 3
-    pending = [torch.arange(rows, dtype=torch.float32).reshape(rows, 1), torch.tensor([0, 1, 0]),
-               torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5, 0.0]), torch.ones(rows, 1),
-               torch.zeros(rows), torch.tensor([4.0, 5.0, 6.0])]
-    old = {"obs": torch.zeros(n, e, 1), "act": torch.zeros(n, e, dtype=torch.int64), "rew": torch.zeros(n, e, dtype=torch.float64),
-           "count": torch.tensor([2, 1]), "prev_done": torch.zeros(e, dtype=torch.bool), "t": 11,
-           "pending": pending, "staged_env": torch.tensor([1])}
-    acc = NStepAccumulator(e, n, G, (1,), np.float32, track_q=True)
-    acc.load_state_dict(old)
-    assert len(acc) == 2 and acc.num_staged == 0
-    cols = acc.pop()
-    np.testing.assert_array_equal(cols[0][:, 0], [0.0, 1.0])
-    np.testing.assert_array_equal(cols[-1], [4.0, 5.0])
-    assert acc.pop() is None
 
 
 def test_keep_obs_false_gives_the_same_transitions_without_observations() -> None:

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from distdqn.config import LearnerConfig, NetworkConfig
-from distdqn.core import NonFiniteLossError, SampledBatch, flat_params
-from distdqn.networks import make_network
-from distdqn.roles.learner import Learner, make_optimizer
+from distdqn.agents.dqn.spec import transition_batch as SampledBatch
+from distdqn.core import NonFiniteLossError, flat_params
+from distdqn.agents.dqn.networks import make_network
+from distdqn.roles.learner import Learner
+from distdqn.roles.optim import make_optimizer
 from distdqn.roles.parameter_server import ApplyResult, ParameterServer
 
 

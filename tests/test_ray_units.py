@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from distdqn.config import from_dict
-from distdqn.core import SampledBatch, TransitionChunk
+from distdqn.agents.dqn.spec import transition_batch as SampledBatch
+from distdqn.agents.dqn.spec import transition_chunk as TransitionChunk
 from distdqn.program import spaces_for
 from distdqn.runtime.ray import ShardCore, _global_weights, batch_from_numpy, batch_to_numpy
 

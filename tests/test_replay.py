@@ -10,8 +10,11 @@ from _util import torch_roundtrip
 import torch
 
 from distdqn.config import ConfigError, ReplayConfig
-from distdqn.core import TransitionChunk
-from distdqn.replay import RateLimiter, Replay, RingStorage, SumTree, make_replay
+from distdqn.agents.dqn.spec import transition_chunk as TransitionChunk
+from _util import dqn_replay as Replay
+from _util import dqn_replay as make_replay
+from _util import dqn_ring_storage as RingStorage
+from distdqn.replay import RateLimiter, SumTree
 
 # Upper 0.1% points of the chi-square distribution (scipy.stats.chi2.ppf(0.999, dof)).
 CHI2_CRIT_P001 = {3: 16.266, 7: 24.322, 9: 27.877}

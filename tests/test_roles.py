@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from distdqn import testing_envs
+from _util import flush
+
+from distdqn.agents.dqn.agent import initial_priorities
+from distdqn.testing import envs as testing_envs
 from distdqn.config import ExperimentConfig, LearnerConfig, NetworkConfig, replace
-from distdqn.core import NonFiniteLossError, SampledBatch, flat_params
-from distdqn.exploration import linear_epsilon
-from distdqn.losses import n_step_double_dqn_targets
-from distdqn.networks import make_network
+from distdqn.agents.dqn.spec import transition_batch as SampledBatch
+from distdqn.core import NonFiniteLossError, flat_params
+from distdqn.agents.dqn.acting import linear_epsilon
+from distdqn.agents.dqn.loss import n_step_double_dqn_targets
+from distdqn.agents.dqn.networks import make_network
 from distdqn.program import build_actor, build_evaluator, build_network, spaces_for
-from distdqn.roles import actor as actor_module
+from distdqn.roles import env_runner as actor_module
 from distdqn.roles.evaluator import Evaluator
-from distdqn.roles.learner import FlatOptimizer, Learner, flatten_optimizer_state, make_optimizer
+from distdqn.roles.learner import Learner
+from distdqn.roles.optim import FlatOptimizer, make_optimizer
 from distdqn.roles.parameter_server import ParameterServer
 
 
@@ -209,32 +214,6 @@ def test_learner_state_dict_round_trip_bit_identical() -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
-def test_learner_resumes_a_per_tensor_optimizer_state(optimizer: str) -> None:
-    """A checkpoint written before the flat parameter buffer (one optimizer entry per tensor)
-    loads into the flat learner and continues exactly like the per-tensor optimizer."""
-    cfg = lcfg(optimizer=optimizer, max_grad_norm=None)
-    ref_net = tiny_net(0, dueling=True)
-    ref_opt = make_optimizer(cfg, ref_net.parameters())
-    rng = torch.Generator().manual_seed(3)
-    grads = [[torch.randn(p.shape, generator=rng) for p in ref_net.parameters()] for _ in range(4)]
-    for g in grads[:3]:
-        for p, gi in zip(ref_net.parameters(), g):
-            p.grad = gi.clone()
-        ref_opt.step()
-    old = {"online": ref_net.state_dict(), "target": ref_net.state_dict(),
-           "optimizer": roundtrip(ref_opt.state_dict()), "updates": 3}
-    assert len(old["optimizer"]["state"]) > 1
-    learner = Learner(cfg, tiny_net(1, dueling=True), torch.device("cpu"))
-    learner.load_state_dict(old)
-    for p, gi in zip(ref_net.parameters(), grads[3]):
-        p.grad = gi.clone()
-    ref_opt.step()
-    learner.apply_gradients(torch.cat([gi.reshape(-1) for gi in grads[3]]))
-    np.testing.assert_array_equal(learner.get_params(), flat_params(ref_net))
-    assert learner.updates == 4
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
 def test_flat_optimizer_matches_torch_optim_and_round_trips(optimizer: str) -> None:
     """FlatOptimizer = make_optimizer's torch.optim optimizer, bit for bit, on the same flat
     parameter; its state_dict round-trips through torch.save and is refused by the other kind."""
@@ -277,9 +256,9 @@ def test_learner_start_does_not_import_dynamo() -> None:
 
     code = ("import sys, torch, numpy as np\n"
             "from distdqn.config import ExperimentConfig\n"
-            "from distdqn.networks import make_network\n"
+            "from distdqn.agents.dqn.networks import make_network\n"
             "from distdqn.roles.learner import Learner\n"
-            "from distdqn.core import SampledBatch\n"
+            "from distdqn.agents.dqn.spec import transition_batch as SampledBatch\n"
             "c = ExperimentConfig()\n"
             "L = Learner(c.learner, make_network(c.network, (4,), 2), torch.device('cpu'))\n"
             "b = SampledBatch(obs=torch.randn(8, 4), action=torch.zeros(8, dtype=torch.int64), reward=torch.ones(8),\n"
@@ -289,19 +268,6 @@ def test_learner_start_does_not_import_dynamo() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-
-
-def test_flatten_optimizer_state_refuses_a_mismatch() -> None:
-    net = tiny_net(0)
-    opt = make_optimizer(lcfg(), net.parameters())
-    for p in net.parameters():
-        p.grad = torch.ones_like(p)
-    opt.step()
-    sizes = [p.numel() for p in net.parameters()]
-    with pytest.raises(ValueError, match="parameters"):
-        flatten_optimizer_state(opt.state_dict(), sizes[:-1])
-    with pytest.raises(ValueError, match="exp_avg"):
-        flatten_optimizer_state(opt.state_dict(), sizes[:-1] + [sizes[-1] + 1])
 
 
 def test_learner_parameters_are_views_of_one_buffer() -> None:
@@ -342,7 +308,7 @@ def test_actor_chunks() -> None:
     g = cfg.learner.gamma
     try:
         chunks = run_actor(actor, 60)
-        last = actor.flush()
+        last = flush(actor)
         if last is not None:
             chunks.append(last)
     finally:
@@ -437,7 +403,7 @@ def test_actor_survives_env_crash(crash_armed) -> None:
     actor = build_actor(cfg, spaces, 0)
     try:
         chunks = run_actor(actor, 80)  # 2 envs: the 100th env step (vector step 50) crashes
-        last = actor.flush()
+        last = flush(actor)
     finally:
         actor.close()
     if last is not None:
@@ -582,7 +548,7 @@ def test_learner_mixed_precision_learns_finite():
     import torch
 
     from distdqn.config import from_dict
-    from distdqn.core import SampledBatch
+    from distdqn.agents.dqn.spec import transition_batch as SampledBatch
     from distdqn.program import build_learner, spaces_for
 
     cfg = from_dict({"learner": {"mixed_precision": True, "device": "cpu"}})
@@ -634,12 +600,12 @@ def test_actor_priorities_reuse_acting_q_values(env_id, max_steps) -> None:
         if chunk is not None:
             chunks.append(chunk)
             ended += int((chunk.discount == 0).sum())
-    while actor._acc.num_staged == 0:  # leave staged transitions for flush to complete
+    while actor.adder.num_staged == 0:  # leave staged transitions for flush to complete
         chunk = actor.step()
         if chunk is not None:
             chunks.append(chunk)
-    chunks.append(actor.flush())
-    assert actor._acc.num_staged == 0 and len(actor._acc) == 0
+    chunks.append(flush(actor))
+    assert actor.adder.num_staged == 0 and len(actor.adder) == 0
     if max_steps is not None:
         # windows cut short by truncation bootstrap with gamma^m, m < n
         assert any((c.discount > actor.spec.gamma ** actor.cfg.n_step + 1e-6).any()
@@ -647,7 +613,7 @@ def test_actor_priorities_reuse_acting_q_values(env_id, max_steps) -> None:
     for chunk in chunks:
         if chunk.obs is None:  # frame-deduplicated: priorities were taken before compacting
             continue
-        full = actor.initial_priorities(chunk)
+        full = initial_priorities(actor.net, chunk.obs, chunk.action, chunk.reward, chunk.discount, chunk.next_obs)
         assert np.allclose(chunk.priority, full, atol=1e-5), (chunk.priority, full)
     assert all(c.priority is not None and np.isfinite(c.priority).all() for c in chunks)
     if env_id == "CartPole-v1" and max_steps is None:

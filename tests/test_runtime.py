@@ -17,7 +17,7 @@ import pytest
 import torch
 from _util import config_with
 
-from distdqn.checkpoint import complete_checkpoints, load_checkpoint
+from distdqn.io.checkpoint import complete_checkpoints, load_checkpoint
 from distdqn.config import ExperimentConfig, from_dict
 from distdqn.program import spaces_for
 
@@ -102,7 +102,7 @@ def test_nan_observations_are_rejected(tmp_path):
 
 def test_crashing_env_is_recreated_and_counted(tmp_path):
     cfg = small_cfg(runtime="serial", total_env_steps=1500, **{"env.id": "distdqn/Crashing-v0"})
-    from distdqn.testing_envs import reset_crash_state
+    from distdqn.testing.envs import reset_crash_state
 
     reset_crash_state()
     s = run_serial_cfg(cfg, tmp_path / "r")
@@ -129,7 +129,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
-    from distdqn.checkpoint import CheckpointError, load_latest
+    from distdqn.io.checkpoint import CheckpointError, load_latest
 
     with pytest.raises(CheckpointError, match=str(newest)):
         load_checkpoint(newest)
@@ -297,7 +297,7 @@ def test_local_actors_started_early_are_stopped_if_the_learner_side_fails(tmp_pa
         assert len(_spawned_pids(os.getpid())) == 2  # the actors are already running
         raise RuntimeError("learner side cannot be built")
 
-    monkeypatch.setattr(local, "Coordinator", broken)
+    monkeypatch.setattr(local, "Driver", broken)
     cfg = small_cfg(total_env_steps=1000)
     with pytest.raises(RuntimeError, match="cannot be built"):
         local.run_local(cfg, spaces_for(cfg), tmp_path)
@@ -381,7 +381,7 @@ def test_receiver_survives_actor_killed_mid_message():
     import queue
     import threading
 
-    from distdqn.runtime.local import _receive
+    from distdqn.runtime.local.actors import receive as _receive
 
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)

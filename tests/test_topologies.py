@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from distdqn.config import from_dict
-from distdqn.core import TransitionChunk
+from distdqn.agents.dqn.spec import transition_chunk as TransitionChunk
 from distdqn.program import build_parameter_server, build_replay, spaces_for
-from distdqn.runtime.updaters import ApexUpdater, GorilaUpdater, SyncUpdater
+from distdqn.topologies import ApexUpdater, GorilaUpdater, SyncUpdater
 from test_runtime import _kill_started_runs  # noqa: F401  (autouse: no `distdqn train` outlives its test)
 
 
@@ -230,7 +230,7 @@ def test_remote_learners_treat_a_broken_pipe_as_a_dead_learner():
     """A learner can die between the check and the send (a fork server's child is reaped a
     moment later): the send's BrokenPipeError marks it dead for the restart path instead of
     ending the run."""
-    from distdqn.runtime.learner_procs import RemoteLearners, _Learner
+    from distdqn.runtime.local.learners import RemoteLearners, _Learner
 
     class BrokenConn:
         def send(self, obj):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml
+from distdqn.config import PRESETS, ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -29,7 +29,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.config:
         data = load_yaml(args.config)
     flag_map = {
-        "preset": "preset", "env": "env.id", "actors": "actor.num_actors",
+        "preset": "preset", "agent": "agent", "topology": "topology", "env": "env.id", "actors": "actor.num_actors",
         "envs_per_actor": "env.envs_per_actor", "total_env_steps": "total_env_steps",
         "seed": "seed", "runtime": "runtime", "device": "learner.device", "learners": "learner.num_learners",
         "address": "ray.address", "replay_shards": "ray.replay_shards", "env_backend": "env.backend",
@@ -45,7 +45,9 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
 
 def _default_run_dir(cfg: ExperimentConfig) -> Path:
     env = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.env.id).strip("-")
-    return Path("runs") / f"{env}-{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    p = PRESETS[cfg.preset]
+    name = cfg.preset if (p.agent, p.topology) == (cfg.agent, cfg.topology) else f"{cfg.agent}-{cfg.topology}"
+    return Path("runs") / f"{env}-{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -67,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg.runtime == "local":
             # The config is valid: start the fork server now, so that its imports (torch,
             # Gymnasium) overlap ours; the actors will be forks of it.
-            from distdqn.runtime.processes import start_process_server
+            from distdqn.runtime.local.processes import start_process_server
 
             start_process_server()
         from distdqn.program import spaces_for
@@ -79,10 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (run_dir / "checkpoints").exists():
             return _fail(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"distdqn: {cfg.preset} on {cfg.env.id}, {cfg.actor.num_actors} actors x {cfg.env.envs_per_actor} envs, "
-          f"runtime={cfg.runtime}, seed={cfg.seed} -> {run_dir}", file=sys.stderr)
+    print(f"distdqn: {cfg.preset} ({cfg.agent} agent, {cfg.topology} topology) on {cfg.env.id}, "
+          f"{cfg.actor.num_actors} actors x {cfg.env.envs_per_actor} envs, runtime={cfg.runtime}, seed={cfg.seed} "
+          f"-> {run_dir}", file=sys.stderr)
     from distdqn.core import NonFiniteLossError
-    from distdqn.runtime.common import RunAborted
+    from distdqn.runtime.driver import RunAborted
 
     try:
         if cfg.runtime == "serial":
@@ -108,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 RESUME_FLAGS = {"total_env_steps": "total_env_steps", "device": "learner.device", "address": "ray.address"}
 """``train`` flags that may change on ``--resume`` (how long and where the run goes on); the
 others define the experiment and come from the run's ``config.yaml``."""
-FIXED_ON_RESUME = ("preset", "env", "actors", "envs_per_actor", "seed", "learners", "colocate", "replay_shards",
-                   "env_backend", "runtime", "config", "run_dir")
+FIXED_ON_RESUME = ("preset", "agent", "topology", "env", "actors", "envs_per_actor", "seed", "learners", "colocate",
+                   "replay_shards", "env_backend", "runtime", "config", "run_dir")
 """``train`` flags (argparse attribute names) refused with ``--resume``."""
 
 
@@ -146,7 +149,7 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from distdqn.checkpoint import load_latest
+    from distdqn.io.checkpoint import load_latest
     from distdqn.program import build_evaluator, spaces_for
     from distdqn.envs import EnvSpecError
 
@@ -174,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from distdqn.plot import plot_runs
+    from distdqn.io.plot import plot_runs
 
     try:
         out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
@@ -191,11 +194,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distdqn", description="Distributed DQN (Ape-X) trainer.")
+    p = argparse.ArgumentParser(prog="distdqn", description="Distributed DQN and relatives: Ape-X, Gorila, "
+                                "synchronous learners; one process, processes on this machine, or a Ray cluster.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or --resume) a run")
-    t.add_argument("--preset", help="topology: apex (default), gorila or sync")
+    t.add_argument("--preset", help="a tested agent + topology: apex (default), gorila or sync")
+    t.add_argument("--agent", help="what is learned (overrides the preset's): dqn")
+    t.add_argument("--topology", help="which roles and data flow (overrides the preset's): apex, gorila or sync")
     t.add_argument("--learners", type=int, help="learners (gorila, sync)")
     t.add_argument("--colocate", action="store_true", help="gorila/sync: actor i and learner i share a process")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")

@@ -1,17 +1,81 @@
-"""Data contracts and the small interfaces every role and runtime shares.
+"""Data contracts every agent, role and runtime shares: the item spec, chunks of items,
+sampled batches, what a learner step returns, and flat parameter vectors.
 
-See ``docs/architecture.md`` for how the roles are wired.
+An agent declares what its items are (:class:`ItemSpec`: field name -> shape, dtype);
+actors emit :class:`Chunk` objects of such items, the replay stores them by the spec and
+hands out :class:`Batch` objects of the same fields. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import warnings
-
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an item.
+
+    Attributes:
+        shape: per-item shape (the leading T of a chunk or B of a batch excluded).
+        dtype: numpy dtype name (``"float32"``, ``"uint8"``, ``"int64"``...).
+        frames: for a *frame-stack* field (shape ``(k, *frame_shape)``, the last ``k``
+            frames, oldest first, as ``FrameStackObservation`` builds them): the name of the
+            ``[T]`` int64 column that a frame-deduplicated chunk carries instead of the
+            stacks (the actor frame id of each stack's newest frame, see :class:`FrameBlock`).
+            None for ordinary fields.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    frames: str | None = None
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """What one stored item is: an ordered set of named :class:`Field` s.
+
+    Built by an agent (e.g. :func:`distdqn.agents.dqn.spec.transition_spec`); storage is
+    allocated from it. Small and immutable, so it travels with every chunk.
+    """
+
+    fields: tuple[tuple[str, Field], ...]
+
+    @staticmethod
+    def of(**fields: Field) -> ItemSpec:
+        """``ItemSpec.of(obs=Field(...), action=Field(...))``, in argument order."""
+        return ItemSpec(tuple(fields.items()))
+
+    def __getitem__(self, name: str) -> Field:
+        for n, f in self.fields:
+            if n == name:
+                return f
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(n == name for n, _ in self.fields)
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, _ in self.fields)
+
+    def items(self) -> tuple[tuple[str, Field], ...]:
+        return self.fields
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.fields)
+
+    def frame_fields(self) -> tuple[tuple[str, Field], ...]:
+        """The frame-stack fields (``Field.frames`` set), in order."""
+        return tuple((n, f) for n, f in self.fields if f.frames is not None)
 
 
 @dataclass
@@ -47,45 +111,62 @@ class FrameBlock:
         return int(self.frames.shape[0])
 
 
+def _field_getattr(obj: Any, name: str) -> Any:
+    """Attribute access to a record's named arrays: ``data[name]``; None for a field of the
+    spec (or a frame-id column) that this record does not carry."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    d = obj.__dict__
+    data = d.get("data")
+    if data is not None and name in data:
+        return data[name]
+    spec = d.get("spec")
+    if spec is not None and (name in spec or any(f.frames == name for _, f in spec.items())):
+        return None
+    raise AttributeError(f"{type(obj).__name__} has no field {name!r}")
+
+
+def _field_setattr(obj: Any, name: str, value: Any) -> None:
+    """Assigning to a carried field replaces its array in ``data``; anything else is an attribute."""
+    data = obj.__dict__.get("data")
+    if data is not None and name in data:
+        data[name] = value
+    else:
+        object.__setattr__(obj, name, value)
+
+
 @dataclass
-class TransitionChunk:
-    """A chunk of T n-step transitions from one actor (numpy, leading dim T).
+class Chunk:
+    """T items from one actor: named numpy arrays with a leading dimension T, plus the
+    item spec the agent's adder declares and the chunk's bookkeeping.
 
-    Two forms:
+    Two forms, told apart by ``frames``:
 
-    - *stacked* (every env; ``frames is None``): ``obs`` and ``next_obs`` hold whole
-      observations.
-    - *frame-deduplicated* (stacked-frame observations, ``replay.frame_dedup``): ``obs`` and
-      ``next_obs`` are None; ``frames`` holds the new frames (each frame once) and
-      ``obs_frame`` / ``next_frame`` the actor frame ids of the newest frame of each
-      transition's observations (see :class:`FrameBlock`). About ``1 / (2 k)`` of the
-      stacked form's bytes. Only a frame-deduplicating replay can store it.
+    - *whole* (``frames is None``): ``data`` holds every field of the spec.
+    - *frame-deduplicated* (spec fields with ``Field.frames`` set, ``replay.frame_dedup``):
+      those fields are left out of ``data``; ``frames`` holds the new frames (each once)
+      and ``data[field.frames]`` the ``[T]`` int64 actor frame id of each item's newest
+      frame (:class:`FrameBlock`). Only a frame-deduplicating replay can store it.
+
+    Fields are also attributes: ``chunk.reward`` is ``chunk.data["reward"]`` (assigning to
+    it replaces the array); a spec field the chunk does not carry reads as None.
 
     Attributes:
-        obs: ``[T, *obs_shape]`` observation dtype (float32 or uint8), or None (compact form).
-        action: ``[T]`` int64.
-        reward: ``[T]`` float32, the n-step discounted return sum_k gamma^k r_{t+k}.
-        discount: ``[T]`` float32, gamma^m for an m-step transition (m <= n); 0 where the
-            episode *terminated* inside the window. A *truncated* episode keeps gamma^m and
-            bootstraps from ``next_obs``, its final observation.
-        next_obs: ``[T, *obs_shape]``, the observation m steps later, or None (compact form).
-        priority: optional ``[T]`` float32 initial |TD error| computed by the actor (Ape-X).
+        data: name -> ``[T, *field.shape]`` array of ``field.dtype``.
+        spec: the item spec (None for a chunk built without one, e.g. in tests).
+        priority: optional ``[T]`` float32 initial priorities computed by the actor (Ape-X).
         actor_id: producing actor.
         param_version: parameter version the actor acted with.
         episode_returns: undiscounted returns of episodes that ended while producing the chunk.
         episode_lengths: their lengths in agent steps.
         env_steps: env steps (all sub-envs) taken while producing the chunk.
         env_restarts: envs recreated after raising, while producing the chunk.
-        frames: compact form only: the new frames (:class:`FrameBlock`).
-        obs_frame: compact form only: ``[T]`` int64 actor frame id of the newest frame of ``obs``.
-        next_frame: compact form only: ``[T]`` int64 actor frame id of the newest frame of ``next_obs``.
+        frames: frame-deduplicated form only: the new frames (:class:`FrameBlock`).
+        epsilon: the exploration rate the actor acted with at the chunk's end (for metrics).
     """
 
-    obs: np.ndarray | None
-    action: np.ndarray
-    reward: np.ndarray
-    discount: np.ndarray
-    next_obs: np.ndarray | None
+    data: dict[str, np.ndarray]
+    spec: ItemSpec | None = None
     priority: np.ndarray | None = None
     actor_id: int = 0
     param_version: int = 0
@@ -94,65 +175,51 @@ class TransitionChunk:
     env_steps: int = 0
     env_restarts: int = 0
     frames: FrameBlock | None = None
-    obs_frame: np.ndarray | None = None
-    next_frame: np.ndarray | None = None
+    epsilon: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return _field_getattr(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _field_setattr(self, name, value)
 
     def __len__(self) -> int:
-        return int(self.action.shape[0])
+        for a in self.data.values():
+            return int(a.shape[0])
+        return 0
 
     @property
     def compact(self) -> bool:
-        """True for the frame-deduplicated form (``frames`` set, no stacked observations)."""
+        """True for the frame-deduplicated form (``frames`` set)."""
         return self.frames is not None
 
     def nbytes(self) -> int:
         """Bytes of the chunk's arrays (what dominates its pickled size)."""
-        arrays = [self.obs, self.action, self.reward, self.discount, self.next_obs, self.priority,
-                  self.obs_frame, self.next_frame]
+        arrays = [*self.data.values(), self.priority]
         if self.frames is not None:
             arrays += [self.frames.frames, self.frames.prev]
         return int(sum(a.nbytes for a in arrays if a is not None))
 
-    def select(self, mask: np.ndarray) -> "TransitionChunk":
-        """The transitions where ``mask`` ([T] bool) is True; metadata kept. A compact chunk
-        keeps all its frames (later transitions of the stream may need them)."""
-
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[mask]
-
-        return TransitionChunk(
-            obs=pick(self.obs),
-            action=self.action[mask],
-            reward=self.reward[mask],
-            discount=self.discount[mask],
-            next_obs=pick(self.next_obs),
-            priority=pick(self.priority),
-            actor_id=self.actor_id,
-            param_version=self.param_version,
-            episode_returns=self.episode_returns,
-            episode_lengths=self.episode_lengths,
-            env_steps=self.env_steps,
-            env_restarts=self.env_restarts,
-            frames=self.frames,
-            obs_frame=pick(self.obs_frame),
-            next_frame=pick(self.next_frame),
-        )
+    def select(self, mask: np.ndarray) -> Chunk:
+        """The items where ``mask`` ([T] bool) is True; bookkeeping kept. A compact chunk
+        keeps all its frames (later items of the stream may need them)."""
+        return replace(self, data={k: v[mask] for k, v in self.data.items()},
+                       priority=None if self.priority is None else self.priority[mask])
 
 
-def finite_mask(chunk: TransitionChunk) -> np.ndarray:
-    """``[T]`` bool: True where obs, next_obs, reward, discount (and priority) are all finite.
+def finite_mask(chunk: Chunk) -> np.ndarray:
+    """``[T]`` bool: True where every floating field of the item (and its priority) is finite.
 
-    Used at the actor -> replay boundary to refuse NaN/inf data. For a compact chunk the
-    frames are checked instead of the observations: integer frames (Atari uint8) are always
-    finite; floating frames with any NaN/inf refuse the whole chunk (a frame may belong to
-    the stacks of several transitions, here and in later chunks).
+    Used at the actor -> replay boundary to refuse NaN/inf data. Integer fields are always
+    finite. For a compact chunk the frames are checked too: floating frames with any NaN/inf
+    refuse the whole chunk (a frame may belong to the stacks of several items, here and in
+    later chunks).
     """
-    ok = np.isfinite(chunk.reward) & np.isfinite(chunk.discount)
     t = len(chunk)
-    if chunk.obs is not None and np.issubdtype(chunk.obs.dtype, np.floating):
-        ok &= np.isfinite(chunk.obs.reshape(t, -1)).all(axis=1)
-    if chunk.next_obs is not None and np.issubdtype(chunk.next_obs.dtype, np.floating):
-        ok &= np.isfinite(chunk.next_obs.reshape(t, -1)).all(axis=1)
+    ok = np.ones(t, dtype=bool)
+    for a in chunk.data.values():
+        if np.issubdtype(a.dtype, np.floating):
+            ok &= np.isfinite(a.reshape(t, -1)).all(axis=1) if a.ndim > 1 else np.isfinite(a)
     if chunk.frames is not None and np.issubdtype(chunk.frames.frames.dtype, np.floating):
         if not np.isfinite(chunk.frames.frames).all():
             ok &= False
@@ -162,29 +229,35 @@ def finite_mask(chunk: TransitionChunk) -> np.ndarray:
 
 
 @dataclass
-class SampledBatch:
-    """A batch drawn from replay, as torch tensors (CPU; the learner moves them).
+class Batch:
+    """Items drawn from replay, as torch tensors (CPU; the learner moves them).
+
+    Fields are also attributes: ``batch.obs`` is ``batch.data["obs"]``.
 
     Attributes:
-        obs: ``[B, *obs_shape]``; action ``[B]`` int64; reward ``[B]`` float32;
-        discount: ``[B]`` float32; next_obs ``[B, *obs_shape]``.
-        weights: ``[B]`` float32 importance-sampling weights (all 1 for uniform replay).
+        data: name -> ``[B, *field.shape]`` tensor.
         keys: ``[B]`` int64 numpy, addresses for :meth:`Replay.update_priorities`.
+        weights: ``[B]`` float32 importance-sampling weights (all 1 for uniform sampling).
         probs: ``[B]`` float64 numpy sampling probabilities P(i) within the replay that drew
-            the batch (prioritized replay), else None; lets a sharded replay's client
+            the batch (prioritized sampling), else None; lets a sharded replay's client
             recompute the weights over all shards.
     """
 
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    discount: torch.Tensor
-    next_obs: torch.Tensor
-    weights: torch.Tensor
+    data: dict[str, torch.Tensor]
     keys: np.ndarray
+    weights: torch.Tensor
     probs: np.ndarray | None = None
 
-    def split(self, num_batches: int) -> list[SampledBatch]:
+    def __getattr__(self, name: str) -> Any:
+        return _field_getattr(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _field_setattr(self, name, value)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def split(self, num_batches: int) -> list[Batch]:
         """The ``[num_batches * B]`` rows of a multi-batch draw (``Replay.sample(B,
         num_batches)``) as ``num_batches`` batches of ``B`` rows, in order (views, no copies).
 
@@ -192,20 +265,35 @@ class SampledBatch:
             ValueError: the row count is not a multiple of ``num_batches``.
         """
         k = int(num_batches)
-        m = int(self.keys.shape[0])
+        m = len(self)
         if k < 1 or m % k:
             raise ValueError(f"cannot split {m} rows into {num_batches} equal batches")
         if k == 1:
             return [self]
         b = m // k
 
-        def part(rows: slice) -> SampledBatch:
-            return SampledBatch(obs=self.obs[rows], action=self.action[rows], reward=self.reward[rows],
-                                discount=self.discount[rows], next_obs=self.next_obs[rows],
-                                weights=self.weights[rows], keys=self.keys[rows],
-                                probs=None if self.probs is None else self.probs[rows])
+        def part(rows: slice) -> Batch:
+            return Batch(data={n: t[rows] for n, t in self.data.items()}, keys=self.keys[rows],
+                         weights=self.weights[rows], probs=None if self.probs is None else self.probs[rows])
 
         return [part(slice(i * b, (i + 1) * b)) for i in range(k)]
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What an agent's loss function returns to the learner.
+
+    Attributes:
+        loss: scalar loss with grad.
+        priorities: ``[B]`` detached new priorities (DQN: |TD error|), or None.
+        metrics: scalar metrics computed on the way (DQN: ``q_mean``).
+        name: the loss's metric name (DQN: ``td_loss``).
+    """
+
+    loss: torch.Tensor
+    priorities: torch.Tensor | None
+    metrics: dict[str, float]
+    name: str = "td_loss"
 
 
 @dataclass
@@ -213,28 +301,20 @@ class LearnOutput:
     """What one learner step returns.
 
     Attributes:
-        td_abs: ``[B]`` float32 numpy |TD error| for priority updates.
-        metrics: scalar metrics (``td_loss``, ``q_mean``, ``grad_norm``).
+        metrics: scalar metrics (DQN: ``td_loss``, ``q_mean``, ``grad_norm``).
+        priorities: ``[B]`` float32 numpy new priorities for the batch's keys (DQN: |TD
+            error|), or None for an agent without prioritized replay.
         grads: flat float32 gradient (gradient mode only), else None.
     """
 
-    td_abs: np.ndarray
     metrics: dict[str, float]
+    priorities: np.ndarray | None = None
     grads: torch.Tensor | None = None
 
-
-class VariableSource(Protocol):
-    """Something that hands out versioned flat parameters."""
-
-    def get_params(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None: ...
-
-
-class ReplayClient(Protocol):
-    def insert(self, chunk: TransitionChunk) -> None: ...
-
-    def sample(self, batch_size: int) -> SampledBatch: ...
-
-    def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None: ...
+    @property
+    def td_abs(self) -> np.ndarray | None:
+        """DQN's name for :attr:`priorities` (the |TD errors| they are made of)."""
+        return self.priorities
 
 
 class NonFiniteLossError(RuntimeError):
@@ -273,6 +353,3 @@ def load_flat_params(module: torch.nn.Module, flat: np.ndarray | torch.Tensor) -
             n = t.numel()
             t.copy_(src[offset : offset + n].view_as(t))
             offset += n
-
-
-Metrics = dict[str, Any]

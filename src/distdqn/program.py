@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from distdqn.agents import make_agent
+from distdqn.agents.base import Agent
 from distdqn.config import ConfigError, ExperimentConfig, error_buffer, sample_unit
-from distdqn.core import flat_params
+from distdqn.core import ItemSpec, flat_params
 from distdqn.envs import EnvSpaces, env_spaces, is_atari
-from distdqn.networks import make_network, network_kind
 from distdqn.replay import Replay, make_replay
 from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
@@ -36,14 +37,12 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     ``auto``: on when the observations are uint8 ``(env.frame_stack, H, W)`` stacks with
     ``env.frame_stack > 1`` of an env known to build them with ``FrameStackObservation``:
     Atari ids (:func:`distdqn.envs.make_env`) and
-    :data:`distdqn.testing_envs.FRAME_STACKED_IDS`. ``on``: forced (3-D observations
+    :data:`distdqn.testing.envs.FRAME_STACKED_IDS`. ``on``: forced (3-D observations
     needed; the actors check at every step that the observations are frame stacks).
 
     Raises:
         ConfigError: ``on`` with observations that are not 3-D.
     """
-    from distdqn.testing_envs import FRAME_STACKED_IDS
-
     mode = cfg.replay.frame_dedup
     shape = tuple(spaces.obs_shape)
     if mode == "off":
@@ -54,18 +53,35 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
                               f"off or auto for observations of shape {shape} (on needs (stack, H, W) frame stacks)")
         return True
     k = cfg.env.frame_stack
-    return (len(shape) == 3 and shape[0] == k and k > 1 and np.dtype(spaces.obs_dtype) == np.uint8
-            and (is_atari(cfg.env.id) or cfg.env.id in FRAME_STACKED_IDS))
+    if not (len(shape) == 3 and shape[0] == k and k > 1 and np.dtype(spaces.obs_dtype) == np.uint8):
+        return False
+    if is_atari(cfg.env.id):
+        return True
+    if cfg.env.id.startswith("distdqn/"):
+        from distdqn.testing.envs import FRAME_STACKED_IDS
+
+        return cfg.env.id in FRAME_STACKED_IDS
+    return False
+
+
+def build_agent(cfg: ExperimentConfig, spaces: EnvSpaces) -> Agent:
+    """The agent ``cfg.agent`` (:mod:`distdqn.agents`) for this env."""
+    return make_agent(cfg, spaces)
 
 
 def build_network(cfg: ExperimentConfig, spaces: EnvSpaces, seed_path: tuple[int, ...] = (NET,)) -> nn.Module:
-    """A fresh Q-network, its initial weights seeded from ``seed_path``."""
+    """A fresh network of the agent, its initial weights seeded from ``seed_path``."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(derive_seed(cfg.seed, *seed_path))
     try:
-        return make_network(cfg.network, spaces.obs_shape, spaces.num_actions)
+        return build_agent(cfg, spaces).make_network()
     finally:
         torch.random.set_rng_state(gen_state)
+
+
+def item_spec(cfg: ExperimentConfig, spaces: EnvSpaces) -> ItemSpec:
+    """The agent's item spec, frame-stack fields marked when :func:`frame_dedup_enabled`."""
+    return build_agent(cfg, spaces).item_spec(frame_dedup_enabled(cfg, spaces))
 
 
 def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generation: int = 0) -> Actor:
@@ -78,37 +94,37 @@ def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generat
         compute_priorities=cfg.replay.kind == "prioritized" and cfg.replay.initial_priority == "actor",
         frame_dedup=frame_dedup_enabled(cfg, spaces),
     )
-    return Actor(spec, cfg.env, cfg.actor, build_network(cfg, spaces))
+    return Actor(spec, cfg.env, cfg.actor, build_agent(cfg, spaces), build_network(cfg, spaces))
 
 
 def learner_device(cfg: ExperimentConfig, spaces: EnvSpaces) -> torch.device:
     """Where the learner runs: ``learner.device`` resolved for this env's network
     (:func:`distdqn.roles.learner.resolve_device`)."""
-    return resolve_device(cfg.learner.device, network_kind(cfg.network, spaces.obs_shape)[0])
+    return resolve_device(cfg.learner.device, build_agent(cfg, spaces).network_kind())
 
 
 def build_learner(cfg: ExperimentConfig, spaces: EnvSpaces) -> Learner:
-    return Learner(cfg.learner, build_network(cfg, spaces), learner_device(cfg, spaces))
+    return Learner(cfg.learner, build_network(cfg, spaces), learner_device(cfg, spaces),
+                   loss=build_agent(cfg, spaces).loss())
 
 
 def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_shards: int = 1) -> Replay | ReplayPools:
-    """The central replay, or one pool per actor (``replay.placement: per_actor``), with
-    ``replay.frame_dedup`` resolved to ``on``/``off`` (:func:`frame_dedup_enabled`).
+    """The central replay, or one pool per actor (``replay.placement: per_actor``), for the
+    agent's items (frame-stack fields marked when :func:`frame_dedup_enabled`).
 
     With ``num_shards > 1`` (the Ray runtime's ``ray.replay_shards``) this is shard
     ``shard``: ``capacity`` and ``min_replay_size`` divided among the shards (rounded up),
     its own seed."""
     seed = derive_seed(cfg.seed, REPLAY) if num_shards == 1 else derive_seed(cfg.seed, REPLAY, shard)
-    rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg),
-                               frame_dedup="on" if frame_dedup_enabled(cfg, spaces) else "off")
+    rcfg = dataclasses.replace(cfg.replay, error_buffer=error_buffer(cfg))
     if num_shards > 1:
         rcfg = dataclasses.replace(rcfg, capacity=-(-rcfg.capacity // num_shards),
                                    min_replay_size=-(-rcfg.min_replay_size // num_shards))
     unit = sample_unit(cfg)  # what one learning step samples: M batches for a sync round
+    spec = item_spec(cfg, spaces)
     if cfg.replay.placement == "per_actor":
-        return ReplayPools(rcfg, unit, spaces.obs_shape, spaces.obs_dtype, seed,
-                           num_pools=cfg.actor.num_actors)
-    return make_replay(rcfg, unit, spaces.obs_shape, spaces.obs_dtype, seed)
+        return ReplayPools(rcfg, unit, spec, seed, num_pools=cfg.actor.num_actors)
+    return make_replay(rcfg, unit, spec, seed)
 
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
@@ -121,7 +137,7 @@ def build_parameter_server(cfg: ExperimentConfig, spaces: EnvSpaces) -> Paramete
     and target network (gorila). Initial parameters are the seeded network's."""
     net = build_network(cfg, spaces)
     initial = flat_params(net)
-    if cfg.preset == "gorila":
+    if cfg.topology == "gorila":
         return ParameterServer(initial, network=net, learner_cfg=cfg.learner, ps_cfg=cfg.parameter_server)
     return ParameterServer(initial)
 

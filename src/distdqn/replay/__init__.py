@@ -1,15 +1,18 @@
-"""Experience replay: ring storage, sum tree, rate limiter and the :class:`Replay` front end.
+"""Experience replay: storage + sampler + rate limiter behind the :class:`Replay` front end.
 
-See :mod:`distdqn.replay.prioritized` for the sampling maths (Schaul et al. 2016) and
-:mod:`distdqn.replay.frame_storage` for frame-deduplicated storage of stacked-frame
-(Atari) observations.
+- :mod:`~distdqn.replay.storage`: ring storage built from an item spec;
+- :mod:`~distdqn.replay.frame_storage`: frame-deduplicated storage of frame-stack fields (Atari);
+- :mod:`~distdqn.replay.samplers`: uniform, prioritized (Schaul et al. 2016) and FIFO sampling;
+- :mod:`~distdqn.replay.sum_tree`, :mod:`~distdqn.replay.rate_limiter`;
+- :mod:`~distdqn.replay.pools`: one pool per actor behind the same interface.
 """
 
 from distdqn.replay.frame_storage import FrameStorage, default_frame_capacity
-from distdqn.replay.prioritized import Replay, make_replay
 from distdqn.replay.rate_limiter import RateLimiter
+from distdqn.replay.replay import Replay, make_replay
+from distdqn.replay.samplers import FifoSampler, PrioritizedSampler, UniformSampler
 from distdqn.replay.storage import RingStorage
 from distdqn.replay.sum_tree import SumTree
 
-__all__ = ["FrameStorage", "RateLimiter", "Replay", "RingStorage", "SumTree", "default_frame_capacity",
-           "make_replay"]
+__all__ = ["FifoSampler", "FrameStorage", "PrioritizedSampler", "RateLimiter", "Replay", "RingStorage", "SumTree",
+           "UniformSampler", "default_frame_capacity", "make_replay"]

@@ -1,8 +1,10 @@
-"""Frame-deduplicated ring storage for stacked-frame observations (Atari).
+"""Frame-deduplicated ring storage for items whose fields hold frame stacks (Atari).
 
-An Atari observation is a stack of the last ``k`` (4) 84x84 uint8 frames. Storing
-``obs`` and ``next_obs`` stacks per transition keeps every frame ``2k`` = 8 times; here each
-frame is stored **once** and stacks are rebuilt by index when a batch is sampled.
+An Atari observation is a stack of the last ``k`` (4) 84x84 uint8 frames. Storing a DQN
+transition's ``obs`` and ``next_obs`` stacks keeps every frame ``2k`` = 8 times; here each
+frame is stored **once** and stacks are rebuilt by index when a batch is sampled. Any field
+the item spec declares a frame stack (``Field.frames``) is stored this way; the other
+fields live in ordinary rings. Below, "transition" means one item.
 
 Layout
 ------
@@ -11,9 +13,9 @@ Layout
   newer frames overwrite it. Per frame we also keep ``prev[g % F]``: the global id of the
   frame before it in the same episode, or ``g`` itself for the first frame of an episode.
 - **Transition ring** (``capacity`` C slots, addressed by keys exactly like
-  :class:`~distdqn.replay.storage.RingStorage`): action, reward, discount, the global ids
-  of the newest frame of ``obs`` and of ``next_obs``, the oldest frame id either stack
-  needs, and an ``alive`` flag.
+  :class:`~distdqn.replay.storage.RingStorage`): the ordinary fields (DQN: action, reward,
+  discount), per frame-stack field the global id of its stack's newest frame, the oldest
+  frame id any of the item's stacks needs, and an ``alive`` flag.
 
 Rebuilding a stack of the transition's ``obs`` (newest frame ``g``): ``[prev^(k-1)(g), ...,
 prev(g), g]``, i.e. ``k - 1`` vectorized gathers of ``prev`` and one gather of frames for
@@ -63,7 +65,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.core import TransitionChunk
+from distdqn.core import Chunk, ItemSpec
+from distdqn.replay.storage import check_rows, ring_write
 
 MAX_SEGMENTS = 256
 """Recent chunks per stream whose actor ids can still be resolved. A transition refers to
@@ -85,28 +88,32 @@ def default_frame_capacity(capacity: int) -> int:
 
 
 class FrameStorage:
-    """Ring storage of transitions whose stacked observations share deduplicated frames.
+    """Ring storage of items whose frame-stack fields share deduplicated frames.
 
     Same interface as :class:`~distdqn.replay.storage.RingStorage` (``add``, ``get``,
     ``is_live``, ``keys_of``, ``state_dict``...), plus :meth:`sample_uniform` and
     :meth:`take_killed`. See the module docstring for the design.
 
     Args:
-        capacity: transitions held, >= 1.
-        obs_shape: ``(k, *frame_shape)``, e.g. ``(4, 84, 84)``; axis 0 is the stack, oldest first.
-        obs_dtype: frame dtype (uint8 for Atari).
+        capacity: items held, >= 1.
+        spec: the item spec; its frame-stack fields (``Field.frames`` set) share one shape
+            ``(k, *frame_shape)`` (axis 0 the stack, oldest first) and dtype.
         frame_capacity: frame slots (default :func:`default_frame_capacity`).
 
     Raises:
-        ValueError: non-positive capacities, or observations with fewer than 2 dimensions.
+        ValueError: non-positive capacities, no frame-stack field, frame-stack fields of
+            different shapes, or of fewer than 2 dimensions.
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype | type,
-                 frame_capacity: int | None = None):
+    def __init__(self, capacity: int, spec: ItemSpec, frame_capacity: int | None = None):
         capacity = int(capacity)
         if capacity < 1:
             raise ValueError(f"FrameStorage capacity must be >= 1, got {capacity}")
-        obs_shape = tuple(int(d) for d in obs_shape)
+        framed = spec.frame_fields()
+        if not framed or len({(f.shape, f.dtype) for _, f in framed}) != 1:
+            raise ValueError("frame deduplication needs frame-stack fields of one shape and dtype, got "
+                             f"{[(n, f.shape, f.dtype) for n, f in framed]}")
+        obs_shape = framed[0][1].shape
         if len(obs_shape) < 2 or obs_shape[0] < 1:
             raise ValueError(f"frame deduplication needs stacked observations (k, *frame_shape), got {obs_shape}")
         fcap = default_frame_capacity(capacity) if frame_capacity is None else int(frame_capacity)
@@ -114,18 +121,19 @@ class FrameStorage:
             raise ValueError(f"frame_capacity must be >= 1, got {fcap}")
         self.capacity: int = capacity
         self.frame_capacity: int = fcap
+        self.spec: ItemSpec = spec
         self.obs_shape: tuple[int, ...] = obs_shape
-        self.obs_dtype: np.dtype = np.dtype(obs_dtype)
+        self.obs_dtype: np.dtype = framed[0][1].np_dtype
         self.stack: int = obs_shape[0]
         self.frame_shape: tuple[int, ...] = obs_shape[1:]
+        self._framed = [(name, f.frames, _gid_name(f.frames)) for name, f in framed]
+        self._plain = [(name, f) for name, f in spec.items() if f.frames is None]
         # np.zeros: pages are only committed when first written (RSS grows with use).
         self.frames = np.zeros((fcap, *self.frame_shape), dtype=self.obs_dtype)
         self.prev = np.zeros(fcap, dtype=np.int64)
-        self.action = np.zeros(capacity, dtype=np.int64)
-        self.reward = np.zeros(capacity, dtype=np.float32)
-        self.discount = np.zeros(capacity, dtype=np.float32)
-        self.obs_gid = np.zeros(capacity, dtype=np.int64)
-        self.next_gid = np.zeros(capacity, dtype=np.int64)
+        self.rings: dict[str, np.ndarray] = {n: np.zeros((capacity, *f.shape), f.np_dtype) for n, f in self._plain}
+        for _, _, gid in self._framed:
+            self.rings[gid] = np.zeros(capacity, dtype=np.int64)
         self.oldest = np.zeros(capacity, dtype=np.int64)
         self.alive = np.zeros(capacity, dtype=bool)
         self._inserted: int = 0
@@ -136,6 +144,12 @@ class FrameStorage:
         # stream id -> [(actor_start, global_start, count), ...], oldest first
         self._segments: dict[int, list[tuple[int, int, int]]] = {}
         self._killed: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        rings = self.__dict__.get("rings")
+        if rings is not None and name in rings:
+            return rings[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # ------------------------------------------------------------------ sizes and keys
 
@@ -152,8 +166,7 @@ class FrameStorage:
     def nbytes(self) -> int:
         """Bytes of the occupied slots of the frame ring and the transition ring."""
         per_frame = self.frames.itemsize * int(np.prod(self.frames.shape[1:])) + self.prev.itemsize
-        per_slot = sum(a.itemsize for a in (self.action, self.reward, self.discount, self.obs_gid, self.next_gid,
-                                            self.oldest, self.alive))
+        per_slot = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in (*self.rings.values(), self.oldest, self.alive))
         return per_frame * min(self._frames_written, self.frame_capacity) + per_slot * self.filled
 
     @property
@@ -258,43 +271,40 @@ class FrameStorage:
         for stream in [s for s, segs in self._segments.items() if not segs or segs[-1][1] + segs[-1][2] <= cutoff]:
             del self._segments[stream]  # streams whose frames are all gone
 
-    def _from_stacks(self, chunk: TransitionChunk, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """A stacked chunk as (frames, prev, obs, next) with chunk-local frame indices: per
-        transition its ``k`` obs frames then its ``k`` next_obs frames (so the newest
-        transitions' frames are the last to be overwritten)."""
-        for name in ("obs", "next_obs"):
-            arr = getattr(chunk, name)
+    def _from_stacks(self, chunk: Chunk, t: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """A whole chunk as (frames, prev, [newest per frame-stack field]) with chunk-local
+        frame indices: per item the ``k`` frames of each frame-stack field in turn (so the
+        newest items' frames are the last to be overwritten)."""
+        for name, _, _ in self._framed:
+            arr = chunk.data.get(name)
             if arr is None or tuple(arr.shape) != (t, *self.obs_shape):
                 shape = None if arr is None else tuple(arr.shape)
                 raise ValueError(f"chunk.{name} has shape {shape}, replay expects ({t}, *{self.obs_shape})")
-        k = self.stack
-        frames = np.concatenate([chunk.obs, chunk.next_obs], axis=1).reshape(2 * t * k, *self.frame_shape)
-        local = np.arange(2 * t * k, dtype=np.int64)
+        k, nf = self.stack, len(self._framed)
+        stacks = np.stack([chunk.data[name] for name, _, _ in self._framed], axis=1)
+        frames = stacks.reshape(nf * t * k, *self.frame_shape)
+        local = np.arange(nf * t * k, dtype=np.int64)
         prev = local - (local % k > 0)
-        obs = np.arange(t, dtype=np.int64) * (2 * k) + (k - 1)
-        return frames, prev, obs, obs + k
+        first = np.arange(t, dtype=np.int64) * (nf * k) + (k - 1)
+        return frames, prev, [first + j * k for j in range(nf)]
 
-    def add(self, chunk: TransitionChunk) -> np.ndarray:
-        """Store the chunk's frames and its T transitions (either chunk form).
+    def add(self, chunk: Chunk) -> np.ndarray:
+        """Store the chunk's frames and its T items (either chunk form).
 
         Returns:
-            ``[T]`` int64 keys ``inserted, ..., inserted + T - 1``. Transitions whose frames
-            cannot be resolved (or are already overwritten) are stored dead.
+            ``[T]`` int64 keys ``inserted, ..., inserted + T - 1``. Items whose frames cannot
+            be resolved (or are already overwritten) are stored dead.
 
         Raises:
             ValueError: on shape mismatches.
         """
-        t = len(chunk)
-        for name in ("action", "reward", "discount"):
-            arr = getattr(chunk, name)
-            if arr.shape[:1] != (t,):
-                raise ValueError(f"chunk.{name} has leading dim {arr.shape[:1]}, expected ({t},)")
+        t = check_rows(chunk, tuple(n for n, _ in self._plain))
         base = self._frames_written
         fb = chunk.frames
         if fb is None:
-            frames, prev_l, obs_l, next_l = self._from_stacks(chunk, t)
+            frames, prev_l, newest_l = self._from_stacks(chunk, t)
             m = frames.shape[0]
-            prev_g, obs_g, next_g = base + prev_l, base + obs_l, base + next_l
+            prev_g, newest_g = base + prev_l, [base + x for x in newest_l]
             segs: list[tuple[int, int, int]] | None = None
         else:
             frames = fb.frames
@@ -304,46 +314,39 @@ class FrameStorage:
             m = frames.shape[0]
             if np.shape(fb.prev) != (m,):
                 raise ValueError(f"chunk frame links have shape {np.shape(fb.prev)}, expected ({m},)")
-            for name in ("obs_frame", "next_frame"):
-                arr = getattr(chunk, name)
+            for _, col, _ in self._framed:
+                arr = chunk.data.get(col)
                 if arr is None or np.shape(arr) != (t,):
-                    raise ValueError(f"compact chunk.{name} has shape {None if arr is None else np.shape(arr)}, "
+                    raise ValueError(f"compact chunk.{col} has shape {None if arr is None else np.shape(arr)}, "
                                      f"expected ({t},)")
             start = int(fb.start)
             segs = self._segments_of(int(fb.stream), start)
             prev_g = self._resolve(fb.prev, start, base, m, segs)
-            obs_g = self._resolve(chunk.obs_frame, start, base, m, segs)
-            next_g = self._resolve(chunk.next_frame, start, base, m, segs)
+            newest_g = [self._resolve(chunk.data[col], start, base, m, segs) for _, col, _ in self._framed]
 
-        # 1. Kill (ahead of time) the transitions whose frames the new frames overwrite.
+        # 1. Kill (ahead of time) the items whose frames the new frames overwrite.
         fw = base + m
         cutoff = self._cutoff(fw)
         if cutoff > self._swept_to:
             self._frames_written = fw  # so the sweep prunes the right streams
             self._sweep(cutoff + self._sweep_ahead)
         # 2. Write the frames (only the last F survive a chunk larger than the ring).
-        f = self.frame_capacity
-        skip = max(0, m - f)
-        n = m - skip
-        if n:
-            pos = (base + skip) % f
-            first = min(n, f - pos)
-            self.frames[pos : pos + first] = frames[skip : skip + first]
-            self.prev[pos : pos + first] = prev_g[skip : skip + first]
-            if first < n:
-                self.frames[: n - first] = frames[skip + first :]
-                self.prev[: n - first] = prev_g[skip + first :]
+        ring_write(self.frames, base, frames)
+        ring_write(self.prev, base, prev_g)
         self._frames_written = fw
         if fb is not None and segs is not None and m:
             segs.append((int(fb.start), base, m))
             if len(segs) > MAX_SEGMENTS:
                 del segs[: len(segs) - MAX_SEGMENTS]
             self._segments[int(fb.stream)] = segs  # (the sweep may have pruned an idle stream)
-        # 3. Transitions: alive iff both stacks resolve to frames still in the ring.
-        obs_ids, ok_o = self._chain(obs_g, check=True)
-        next_ids, ok_n = self._chain(next_g, check=True)
-        oldest = np.minimum(obs_ids[:, 0], next_ids[:, 0])
-        alive = ok_o & ok_n & (oldest >= self._swept_to)
+        # 3. Items: alive iff every stack resolves to frames still in the ring.
+        alive = np.ones(t, dtype=bool)
+        oldest = np.full(t, np.iinfo(np.int64).max, dtype=np.int64)
+        for g in newest_g:
+            ids, ok = self._chain(g, check=True)
+            alive &= ok
+            oldest = np.minimum(oldest, ids[:, 0])
+        alive &= oldest >= self._swept_to
         start_key = self._inserted
         keys = np.arange(start_key, start_key + t, dtype=np.int64)
         if t == 0:
@@ -352,20 +355,24 @@ class FrameStorage:
         n = t - skip
         pos = (start_key + skip) % self.capacity
         first = min(n, self.capacity - pos)
-        cols = {"action": chunk.action, "reward": chunk.reward, "discount": chunk.discount,
-                "obs_gid": obs_g, "next_gid": next_g, "oldest": oldest, "alive": alive}
+        cols = {name: chunk.data[name] for name, _ in self._plain}
+        cols.update({gid: g for (_, _, gid), g in zip(self._framed, newest_g)})
+        cols.update(oldest=oldest, alive=alive)
         for lo, hi, src_lo in ((pos, pos + first, skip), (0, n - first, skip + first)):
             if hi <= lo:
                 continue
             self._live -= int(np.count_nonzero(self.alive[lo:hi]))
             for name, src in cols.items():
-                getattr(self, name)[lo:hi] = src[src_lo : src_lo + hi - lo]
+                self._column(name)[lo:hi] = src[src_lo : src_lo + hi - lo]
             self._live += int(np.count_nonzero(self.alive[lo:hi]))
         self._inserted += t
         dead = ~alive[skip:]
         if dead.any():
             self._killed.append((start_key + skip + np.flatnonzero(dead)) % self.capacity)
         return keys
+
+    def _column(self, name: str) -> np.ndarray:
+        return self.rings[name] if name in self.rings else getattr(self, name)
 
     # ------------------------------------------------------------------ reading
 
@@ -397,24 +404,14 @@ class FrameStorage:
         return self.frames.take(flat, axis=0).reshape(ids.shape[0], self.stack, *self.frame_shape)
 
     def get(self, slots: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather transitions by slot (alive slots), rebuilding ``obs`` / ``next_obs`` stacks.
-
-        Returns:
-            dict with ``obs`` / ``next_obs`` ``[K, *obs_shape]``, ``action`` ``[K]`` int64,
-            ``reward`` / ``discount`` ``[K]`` float32 (fresh arrays).
-        """
+        """Gather items by slot (alive slots), rebuilding their frame stacks: name ->
+        ``[K, *field.shape]`` (fresh arrays), in spec order."""
         s = np.asarray(slots, dtype=np.int64)
-        return {
-            "obs": self.stacks(self.obs_gid.take(s)),
-            "next_obs": self.stacks(self.next_gid.take(s)),
-            "action": self.action.take(s),
-            "reward": self.reward.take(s),
-            "discount": self.discount.take(s),
-        }
+        gids = {name: gid for name, _, gid in self._framed}
+        return {name: self.stacks(self.rings[gids[name]].take(s)) if name in gids else self.rings[name].take(s, axis=0)
+                for name in self.spec.names}
 
     # ------------------------------------------------------------------ checkpointing
-
-    _TRANSITION_FIELDS = ("action", "reward", "discount", "obs_gid", "next_gid", "oldest", "alive")
 
     def state_dict(self) -> dict[str, Any]:
         """Occupied parts of the arrays as tensors (sharing memory) plus Python ints;
@@ -428,15 +425,16 @@ class FrameStorage:
             "inserted": self._inserted,
             "frames_written": self._frames_written,
             "swept_to": self._swept_to,
-            "obs_shape": list(self.obs_shape),
-            "obs_dtype": str(self.obs_dtype),
             "frames": torch.from_numpy(self.frames[:nf]),
             "prev": torch.from_numpy(self.prev[:nf]),
             "segments": torch.tensor(segs, dtype=torch.int64).reshape(-1, 4),
         }
-        for name in self._TRANSITION_FIELDS:
-            out[name] = torch.from_numpy(getattr(self, name)[:n])
+        for name in self._item_columns():
+            out[name] = torch.from_numpy(self._column(name)[:n])
         return out
+
+    def _item_columns(self) -> list[str]:
+        return [*self.rings, "oldest", "alive"]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` output.
@@ -450,11 +448,6 @@ class FrameStorage:
         for key, mine in (("capacity", self.capacity), ("frame_capacity", self.frame_capacity)):
             if int(state[key]) != mine:
                 raise ValueError(f"replay checkpoint has {key} {state[key]}, this replay {mine}")
-        if tuple(state["obs_shape"]) != self.obs_shape or str(state["obs_dtype"]) != str(self.obs_dtype):
-            raise ValueError(
-                f"replay checkpoint holds observations {tuple(state['obs_shape'])} {state['obs_dtype']}, "
-                f"this replay expects {self.obs_shape} {self.obs_dtype}"
-            )
 
         def arr(x: Any) -> np.ndarray:
             return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -462,10 +455,15 @@ class FrameStorage:
         inserted, fw = int(state["inserted"]), int(state["frames_written"])
         n, nf = min(inserted, self.capacity), min(fw, self.frame_capacity)
         for name, rows, dst in [("frames", nf, self.frames), ("prev", nf, self.prev)] + [
-                (f, n, getattr(self, f)) for f in self._TRANSITION_FIELDS]:
+                (c, n, self._column(c)) for c in self._item_columns()]:
+            if name not in state:
+                raise ValueError(f"replay checkpoint has no field {name!r}")
             src = arr(state[name])
             if src.shape[0] != rows:
                 raise ValueError(f"replay checkpoint field {name} has {src.shape[0]} rows, expected {rows}")
+            if src.shape[1:] != dst.shape[1:] or src.dtype != dst.dtype:
+                raise ValueError(f"replay checkpoint field {name} holds {tuple(src.shape[1:])} {src.dtype}, "
+                                 f"this replay expects {tuple(dst.shape[1:])} {dst.dtype}")
             dst[:rows] = src
             dst[rows:] = 0
         self._inserted, self._frames_written = inserted, fw
@@ -475,3 +473,9 @@ class FrameStorage:
         for s, a, g, c in arr(state["segments"]).tolist():
             self._segments.setdefault(int(s), []).append((int(a), int(g), int(c)))
         self._killed.clear()
+
+
+def _gid_name(column: str) -> str:
+    """The transition ring of a frame-stack field's newest-frame ids: ``obs_frame`` ->
+    ``obs_gid``, ``next_frame`` -> ``next_gid``."""
+    return (column[: -len("_frame")] if column.endswith("_frame") else column) + "_gid"

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from distdqn.config import ReplayConfig
-from distdqn.core import SampledBatch, TransitionChunk
-from distdqn.replay.prioritized import Replay
+from distdqn.core import Batch, Chunk, ItemSpec
 from distdqn.replay.rate_limiter import RateLimiter
+from distdqn.replay.replay import Replay, make_replay
+from distdqn.replay.samplers import plain
 
 POOL_SHIFT = 48
 """Keys are ``pool << POOL_SHIFT | key_in_pool``."""
@@ -31,17 +32,16 @@ class ReplayPools:
     from pool p with ``(n_p) ~ Multinomial(B, size_p / sum size)``; importance weights
     are computed within each pool (prioritized pools) and used as they are.
 
-    Args mirror :class:`~distdqn.replay.Replay`, plus ``num_pools``.
+    Args mirror :func:`~distdqn.replay.make_replay`, plus ``num_pools``.
     """
 
-    def __init__(self, config: ReplayConfig, batch_size: int, obs_shape: tuple[int, ...],
-                 obs_dtype: np.dtype | type, seed: int, num_pools: int):
+    def __init__(self, config: ReplayConfig, batch_size: int, spec: ItemSpec, seed: int, num_pools: int):
         if num_pools < 1:
             raise ValueError(f"num_pools must be >= 1, got {num_pools}")
         pool_cfg = dataclasses.replace(config, capacity=max(1, config.capacity // num_pools),
                                        samples_per_insert=0.0, min_replay_size=1, error_buffer=None)
         seeds = np.random.SeedSequence(seed).generate_state(num_pools + 1)
-        self.pools = [Replay(pool_cfg, 1, obs_shape, obs_dtype, int(s)) for s in seeds[:num_pools]]
+        self.pools: list[Replay] = [make_replay(pool_cfg, 1, spec, int(s)) for s in seeds[:num_pools]]
         buf = config.error_buffer if config.error_buffer is not None else 4.0 * max(config.samples_per_insert, batch_size)
         self.rate_limiter = RateLimiter(config.samples_per_insert, config.min_replay_size, float(buf), batch_size)
         self._rng = np.random.default_rng(int(seeds[-1]))
@@ -71,13 +71,13 @@ class ReplayPools:
     def can_sample(self, batch_size: int) -> bool:
         return len(self) >= batch_size and self.rate_limiter.can_sample(batch_size, len(self))
 
-    def insert(self, chunk: TransitionChunk) -> np.ndarray:
+    def insert(self, chunk: Chunk) -> np.ndarray:
         pool = chunk.actor_id % len(self.pools)
         keys = self.pools[pool].insert(chunk)
         self.rate_limiter.on_insert(len(chunk))
         return (np.int64(pool) << POOL_SHIFT) | keys
 
-    def sample(self, batch_size: int, num_batches: int = 1) -> SampledBatch:
+    def sample(self, batch_size: int, num_batches: int = 1) -> Batch:
         """``num_batches`` batches of ``batch_size`` transitions, each drawn across pools in
         proportion to their sizes, laid out batch after batch (as :meth:`Replay.sample`).
 
@@ -89,7 +89,7 @@ class ReplayPools:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
         return self._sample_one(batch_size) if k == 1 else _concat([self._sample_one(batch_size) for _ in range(k)])
 
-    def _sample_one(self, batch_size: int) -> SampledBatch:
+    def _sample_one(self, batch_size: int) -> Batch:
         sizes = np.array([len(p) for p in self.pools], dtype=np.int64)
         if sizes.sum() < batch_size:
             raise ValueError(f"cannot sample a batch of {batch_size}: pools hold only {sizes.sum()} transitions")
@@ -113,10 +113,8 @@ class ReplayPools:
             self.pools[int(p)].update_priorities(local[m], td_abs[m])
 
     def state_dict(self) -> dict[str, Any]:
-        from distdqn.replay.prioritized import _plain
-
         return {"pools": [p.state_dict() for p in self.pools], "rate_limiter": self.rate_limiter.state_dict(),
-                "rng": _plain(self._rng.bit_generator.state)}
+                "rng": plain(self._rng.bit_generator.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in zip(self.pools, state["pools"]):
@@ -125,14 +123,7 @@ class ReplayPools:
         self._rng.bit_generator.state = state["rng"]
 
 
-def _concat(parts: list[SampledBatch]) -> SampledBatch:
+def _concat(parts: list[Batch]) -> Batch:
     """Rows of ``parts`` one after another (per-pool sampling probabilities are dropped)."""
-    return SampledBatch(
-        obs=torch.cat([b.obs for b in parts]),
-        action=torch.cat([b.action for b in parts]),
-        reward=torch.cat([b.reward for b in parts]),
-        discount=torch.cat([b.discount for b in parts]),
-        next_obs=torch.cat([b.next_obs for b in parts]),
-        weights=torch.cat([b.weights for b in parts]),
-        keys=np.concatenate([b.keys for b in parts]),
-    )
+    return Batch(data={name: torch.cat([b.data[name] for b in parts]) for name in parts[0].data},
+                 keys=np.concatenate([b.keys for b in parts]), weights=torch.cat([b.weights for b in parts]))

@@ -12,7 +12,7 @@ from torch import nn
 from distdqn.config import EnvConfig
 from distdqn.core import load_flat_params
 from distdqn.envs import make_vector_env
-from distdqn.networks import trace_for_inference
+from distdqn.agents.inference import trace_for_inference
 
 
 class Evaluator:
@@ -27,7 +27,7 @@ class Evaluator:
         seed: root of the evaluation seeds.
         epsilon: exploration during evaluation.
         trace: act through a TorchScript trace of ``network`` (see
-            :func:`distdqn.networks.trace_for_inference`; the same values).
+            :func:`distdqn.agents.inference.trace_for_inference`; the same values).
     """
 
     def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20,

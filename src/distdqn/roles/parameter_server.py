@@ -29,7 +29,7 @@ from torch import nn
 
 from distdqn.config import LearnerConfig, ParameterServerConfig
 from distdqn.core import NonFiniteLossError, flat_params, load_flat_params
-from distdqn.roles.learner import make_optimizer
+from distdqn.roles.optim import make_optimizer, update_target
 
 
 def _default_ps_cfg() -> ParameterServerConfig:
@@ -233,16 +233,9 @@ class ParameterServer:
             return ApplyResult(applied=True, staleness=staleness, scale=scale)
 
     def _update_target(self) -> None:
-        tau = self.learner_cfg.tau
-        if tau is None:
-            if self.applied_updates % self.learner_cfg.target_update_period == 0:
-                self.target.load_state_dict(self.network.state_dict())
-                self.target_version += 1
-            return
-        with torch.no_grad():  # Polyak averaging (Lillicrap et al. 2016, Alg. 1)
-            for t, o in zip(self.target.parameters(), self.network.parameters()):
-                t.lerp_(o, tau)
-        self.target_version += 1
+        if update_target(list(self.target.parameters()), list(self.network.parameters()), self.applied_updates,
+                         self.learner_cfg):
+            self.target_version += 1
 
     def get_target(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None:
         """``(target_version, copy of target params)`` if ``target_version > newer_than``, else None.

@@ -135,3 +135,17 @@ def destroy_process_group(barrier_timeout_s: float = 10.0) -> None:
         except RuntimeError as exc:  # a peer died or is stuck: leave anyway
             log.warning("learner %d: peers did not reach the final barrier (%s)", dist.get_rank(), exc)
     dist.destroy_process_group()
+
+
+class DistCollective:
+    """The :class:`~distdqn.topologies.base.Collective` of one learner process among
+    ``world_size`` (the default process group, :func:`init_process_group`)."""
+
+    @staticmethod
+    def allreduce_mean_(t: torch.Tensor) -> torch.Tensor:
+        return allreduce_mean_(t)
+
+    @staticmethod
+    def average_(learners: list) -> None:
+        for lr in learners:
+            average_parameters_(lr.online)

@@ -1,0 +1,20 @@
+"""Agents: what is learned, and how (:mod:`distdqn.agents.base`). ``dqn`` today."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distdqn.agents.base import Agent
+    from distdqn.config import ExperimentConfig
+    from distdqn.envs import EnvSpaces
+
+AGENTS: dict[str, str] = {"dqn": "distdqn.agents.dqn.agent:DQNAgent"}
+"""``agent`` config value -> ``module:class``, imported when first asked for."""
+
+
+def make_agent(cfg: ExperimentConfig, spaces: EnvSpaces) -> Agent:
+    """The agent ``cfg.agent`` names, built for ``cfg`` and the env's ``spaces``."""
+    module, name = AGENTS[cfg.agent].split(":")
+    return getattr(importlib.import_module(module), name)(cfg, spaces)

@@ -1,0 +1,49 @@
+"""Typed, frozen experiment configuration (:mod:`~distdqn.config.schema`), its validation
+(:mod:`~distdqn.config.validate`) and loading (:mod:`~distdqn.config.loader`).
+
+Every invalid value raises :class:`ConfigError` naming the dotted key, the value and what is
+allowed, before any process starts. Configs are loaded from YAML (:func:`load_yaml`),
+overridden with ``key=value`` strings (:func:`apply_overrides`) and written back out
+resolved (:func:`to_dict`).
+"""
+
+from distdqn.config.loader import apply_overrides, from_dict, load_yaml, replace, to_dict
+from distdqn.config.errors import ConfigError
+from distdqn.config.presets import AGENT_TOPOLOGIES, PRESETS, TOPOLOGY_DEFAULTS, Preset
+from distdqn.config.schema import (
+    ActorConfig,
+    EnvConfig,
+    EvalConfig,
+    ExperimentConfig,
+    LearnerConfig,
+    NetworkConfig,
+    ParameterServerConfig,
+    RayConfig,
+    ReplayConfig,
+)
+from distdqn.config.validate import error_buffer, sample_unit, validate
+
+__all__ = [
+    "AGENT_TOPOLOGIES",
+    "ActorConfig",
+    "ConfigError",
+    "EnvConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "LearnerConfig",
+    "NetworkConfig",
+    "PRESETS",
+    "ParameterServerConfig",
+    "Preset",
+    "RayConfig",
+    "ReplayConfig",
+    "TOPOLOGY_DEFAULTS",
+    "apply_overrides",
+    "error_buffer",
+    "from_dict",
+    "load_yaml",
+    "replace",
+    "sample_unit",
+    "to_dict",
+    "validate",
+]

@@ -1,0 +1,39 @@
+"""Presets: named, tested combinations of agent and topology, and the defaults that follow
+from a topology."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, tested combination of agent and topology, with the values it changes."""
+
+    agent: str
+    topology: str
+    paper: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # Defaults tuned on CartPole-v1.
+    "apex": Preset("dqn", "apex", "Horgan et al. 2018"),
+    "gorila": Preset("dqn", "gorila", "Nair et al. 2015"),
+    "sync": Preset("dqn", "sync", "data-parallel SGD; local SGD / parameter averaging"),
+}
+
+AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync")}
+"""Topologies each agent runs on."""
+
+TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Ape-X: one learner that owns the optimizer and publishes parameters.
+    "apex": {},
+    # Gorila: several learners push gradients computed on the parameters they last pulled;
+    # the parameter server applies them with its own optimizer.
+    "gorila": {"learner": {"num_learners": 2, "batches_per_sample": 1}},
+    # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
+    "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce", "batches_per_sample": 1}},
+}
+"""Defaults that follow from the topology (applied under the preset and the user's values)."""

@@ -1,0 +1,274 @@
+"""The experiment's schema: one frozen dataclass per role, composed into
+:class:`ExperimentConfig`.
+
+Building an :class:`ExperimentConfig` validates it (:func:`distdqn.config.validate.validate`):
+every invalid value raises :class:`ConfigError` naming the dotted key, the value and what is
+allowed, before any process starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from distdqn.config.validate import validate
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment, how many copies per actor, and Atari preprocessing."""
+
+    id: str = "CartPole-v1"
+    """Gymnasium id. Needs a Discrete action space and a Box observation space.
+    ``ALE/...`` ids get the standard Atari preprocessing below."""
+    envs_per_actor: int = 4
+    """Sub-environments per actor, stepped as one vector env with one batched forward."""
+    backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """``gymnasium``: ``SyncVectorEnv`` of Gymnasium envs (each episode seeded; exact resume).
+    ``envpool``: EnvPool's C++ envs (``pip install envpool``), same preprocessing semantics,
+    seeded once per vector env, so a resumed run starts new episodes."""
+    envpool_threads: int = 1
+    """envpool: worker threads of each actor's EnvPool (0: EnvPool's default, one per
+    sub-env). Actors are already one process each; more threads than cores slow it down."""
+    max_episode_steps: int | None = None
+    """Override of the env's time limit (episodes end *truncated* there). None: env default."""
+    frame_skip: int = 4
+    """Atari: frames per agent step (max-pooled over the last two)."""
+    noop_max: int = 30
+    """Atari: up to this many no-op actions after reset."""
+    frame_stack: int = 4
+    """Atari: stacked 84x84 grayscale frames per observation."""
+    episodic_life: bool = True
+    """Atari: a lost life ends the episode as *terminated* for learning (the game goes on)."""
+    clip_rewards: bool = True
+    """Atari: rewards clipped to their sign, {-1, 0, 1}."""
+    sticky_actions: float = 0.0
+    """Atari: ALE repeat_action_probability (v5 default is 0.25; DQN papers used 0)."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Q-network architecture (see :mod:`distdqn.agents.dqn.networks`)."""
+
+    kind: Literal["auto", "mlp", "nature_cnn"] = "auto"
+    """``auto``: Nature CNN for image observations (3-D), MLP otherwise."""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """MLP hidden layer widths."""
+    dueling: bool | None = None
+    """Dueling head, Q = V + A - mean(A) (Wang et al. 2016, eq. 9). None (default): on for
+    the Nature CNN (as in Ape-X on Atari), off for the MLP (on CartPole the same env steps
+    to solve in a serial-runtime sweep, and 1.3-1.5x the updates per second on 2 cores)."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Experience replay and its rate limiter (see :mod:`distdqn.replay`)."""
+
+    kind: Literal["prioritized", "uniform"] = "prioritized"
+    placement: Literal["central", "per_actor"] = "central"
+    """One central replay, or one pool per actor that learners sample in proportion to size."""
+    capacity: int = 100_000
+    """Transitions held; the oldest is overwritten first."""
+    priority_exponent: float = 0.6
+    """alpha in P(i) = p_i^alpha / sum_k p_k^alpha (Schaul et al. 2016, eq. 1)."""
+    importance_sampling_exponent: float = 0.4
+    """beta at the start; annealed linearly to 1 over ``beta_anneal_updates``."""
+    beta_anneal_updates: int = 10_000
+    """Learner updates over which beta goes from its start value to 1."""
+    priority_epsilon: float = 1e-3
+    """Added to |TD error| so no transition gets zero priority."""
+    initial_priority: Literal["max", "actor"] = "actor"
+    """New items at the max priority seen so far, or at the |TD error| the actor computed (Ape-X)."""
+    min_replay_size: int = 1_000
+    """No sampling before the replay holds this many transitions."""
+    samples_per_insert: float = 16.0
+    """Target replay ratio: sampled transitions per inserted transition. 0 disables limiting."""
+    error_buffer: float | None = None
+    """Allowed drift of inserts*samples_per_insert - samples around its start.
+    None: max(samples_per_insert, batch_size) * 4."""
+    frame_dedup: Literal["auto", "on", "off"] = "auto"
+    """Store each frame of stacked-frame observations once (actors send frames, not stacks;
+    stacks are rebuilt at sample time; about 1/8 of the memory). ``auto``: on for Atari ids
+    with ``env.frame_stack > 1`` (uint8 ``(frame_stack, H, W)`` observations); ``on`` needs
+    observations that are ``FrameStackObservation`` stacks (checked by the actors)."""
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """Actors: how many, exploration, n-step returns, parameter sync."""
+
+    num_actors: int = 2
+    """Actor processes (local runtime) or actor objects (serial runtime)."""
+    n_step: int = 3
+    """Steps in the n-step return R = sum_k gamma^k r_{t+k}."""
+    epsilon_schedule: Literal["apex", "linear"] = "linear"
+    """``apex``: fixed eps_i = base^(1 + alpha*i/(N-1)) over all N = actors x envs_per_actor
+    sub-envs (Horgan et al. 2018, sec. 4.1). ``linear``: every env decays from
+    ``epsilon_start`` to ``epsilon_end`` over ``epsilon_decay_steps`` total env steps."""
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.02
+    epsilon_decay_steps: int = 20_000
+    """Total env steps (all actors) of the linear decay."""
+    apex_epsilon: float = 0.4
+    apex_alpha: float = 7.0
+    param_sync_period: int = 50
+    """Actor steps (vector steps) between checks for newer parameters."""
+    chunk_size: int = 256
+    """Transitions per chunk sent to replay: at least this many, at most
+    ``envs_per_actor * n_step`` more (windows are resolved per chunk, not per step). Each
+    chunk costs a fixed overhead in both processes (a pipe write and read, thread wake-ups):
+    on 2 cores CartPole collection ran about 0.86 of the bare loop's speed per actor with
+    256 against 0.77-0.81 with 64, and the learner process used 7% of a core instead of 15%."""
+    trace_network: bool = True
+    """Act with a TorchScript trace of the Q-network (``torch.jit.trace``; the same function
+    and parameters, less per-operator overhead). ``false``: act with the eager module."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Learner: loss, optimizer, target network."""
+
+    batch_size: int = 64
+    batches_per_sample: int = 4
+    """``apex``: batches drawn from replay in one call; the learner takes one optimizer step
+    on each in turn, then updates all their priorities at once. One call costs about as
+    much as a single batch, so replay work per update falls (on 2 CPU cores, 16% -> 5% of
+    an update); priorities reach the tree up to ``batches_per_sample - 1`` updates late,
+    as with Ape-X's asynchronous replay. ``gorila`` and ``sync`` take 1."""
+    learning_rate: float = 8e-3
+    """Adam/RMSProp step size. The default is tuned on CartPole-v1 (serial-runtime sweeps:
+    5e-3 needed a median of 15,000 env steps to solve against 20,000 with RL-Zoo's 2.3e-3
+    over 15 seeds; 8e-3 a mean of 13,400 against 16,700 for 5e-3 over 20 seeds, the worst
+    seed 20,000 against 30,000); Atari wants far less (configs/pong.yaml: 6.25e-5)."""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    adam_epsilon: float = 1.5e-4
+    gamma: float = 0.99
+    loss: Literal["huber", "mse"] = "huber"
+    double_dqn: bool = True
+    """Double-DQN target (van Hasselt et al. 2016, eq. 4)."""
+    max_grad_norm: float | None = 10.0
+    """Clip the global gradient norm; None disables."""
+    target_update_period: int = 100
+    """Hard copy online -> target every this many updates (when ``tau`` is None)."""
+    tau: float | None = None
+    """Polyak averaging theta' <- tau*theta + (1-tau)*theta' every update instead of hard copies."""
+    publish_period: int = 10
+    """Updates between parameter publications to the parameter server."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when available for the Nature CNN; an MLP learner stays on the CPU. A
+    small MLP's update is bound by per-kernel launch cost: on an H100 machine the default
+    CartPole learner made 408 updates/s on CUDA against 894 on one of its CPU cores."""
+    torch_threads: int = 1
+    """Intra-op threads of the learner process (small networks are fastest on 1)."""
+    mixed_precision: bool = False
+    """bf16 autocast for the learner's forward passes (loss and optimizer stay float32)."""
+    flush_denormal: bool = True
+    """CPU learner: denormal floats read and written as zero in its process
+    (``torch.set_flush_denormal``). Adam's first moment of a unit whose gradient stays zero
+    (a dead ReLU) decays through the denormal range, where x86 arithmetic is many times
+    slower; on the default MLP the optimizer step took 140-175 us instead of about 90."""
+    num_learners: int = 1
+    """Learners (processes in the local runtime). ``apex`` has exactly one."""
+    sync_mode: Literal["allreduce", "average"] = "allreduce"
+    """``sync`` preset: all-reduce the gradients every step (identical learners), or take
+    ``average_period`` local steps and then average the parameters."""
+    average_period: int = 10
+    """``sync_mode: average``: local updates between parameter averages."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend for ``sync``: auto = NCCL when every learner has a GPU, else gloo."""
+
+
+@dataclass(frozen=True)
+class ParameterServerConfig:
+    """Parameter server in gradient mode (``gorila``): staleness bounds (Nair et al. 2015)."""
+
+    max_staleness: int = 4
+    """A gradient computed on parameters more than this many versions old is stale."""
+    stale_policy: Literal["drop", "scale"] = "drop"
+    """Stale gradients are dropped (counted), or applied scaled by 1/staleness."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The Ray runtime (``runtime: ray``): where to run and how to place and restart roles."""
+
+    address: str | None = None
+    """A running cluster to join (``ray start --head`` prints it, e.g. ``10.0.0.1:6379``, or
+    ``auto``). None: start a private Ray instance on this machine for the run."""
+    replay_shards: int = 1
+    """Replay shards (Ray actors); actor i inserts into shard ``i % replay_shards`` and the
+    learner draws each batch from one shard chosen in proportion to its priority mass."""
+    max_restarts: int = 20
+    """Restarts Ray may make of each role (actor, learner, replay shard, parameter server)
+    after its process or node dies; -1: unlimited."""
+    actor_resource: str | None = None
+    """A custom resource (``ray start --resources='{"NAME": k}'``) each actor role takes
+    one unit of, to place actors on chosen nodes. None: actors only take a CPU."""
+    num_cpus: int | None = None
+    """CPUs the private Ray instance advertises (no ``address``). None: enough for every role
+    (this machine's cores, at least actors + learners + 1)."""
+    dashboard: bool = False
+    """Start Ray's dashboard with the private instance (off: one listener fewer)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Greedy evaluation."""
+
+    eval_period: int = 2_500
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 20
+    target_return: float | None = 475.0
+    """Stop training once the evaluation mean return reaches this. None: run all steps."""
+    epsilon: float = 0.0
+    """Exploration during evaluation (0: greedy)."""
+    separate_process: bool = True
+    """Local runtime: evaluate in a process of its own while learning goes on (a due
+    evaluation waits while one is running). ``false``: in the learner process, which pauses
+    learning meanwhile. The serial and Ray runtimes always evaluate in line."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: topology, runtime, budgets and each role's slice."""
+
+    preset: Literal["apex", "gorila", "sync"] = "apex"
+    """A tested combination of agent and topology (:data:`PRESETS`); ``agent`` and
+    ``topology`` override it."""
+    agent: Literal["dqn"] = "dqn"
+    """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER)."""
+    topology: Literal["apex", "gorila", "sync"] = "apex"
+    """Which roles exist and how data flows (``distdqn.topologies``): ``apex`` (one learner
+    applies its own updates and publishes parameters), ``gorila`` (learners push gradients to
+    the parameter server, applied asynchronously), ``sync`` (learners all-reduce gradients or
+    average parameters with torch.distributed)."""
+    runtime: Literal["serial", "local", "ray"] = "local"
+    """``serial`` (one process, deterministic), ``local`` (processes on this machine) or
+    ``ray`` (Ray actors on a private Ray instance or the cluster at ``ray.address``)."""
+    seed: int = 0
+    total_env_steps: int = 100_000
+    checkpoint_period: int = 2_000
+    """Updates between checkpoints (0: only at shutdown)."""
+    colocate: bool = False
+    """gorila/sync, local runtime: run actor i and learner i in one worker process (the
+    classic parameter-server compute node). Needs actor.num_actors == learner.num_learners."""
+    checkpoint_replay: bool = False
+    """Include the replay contents in checkpoints (exact resume; large)."""
+    keep_checkpoints: int = 2
+    log_period: float = 1.0
+    """Seconds between metrics rows (local runtime); the serial runtime logs every
+    ``serial_log_steps`` env steps so its metrics are deterministic."""
+    serial_log_steps: int = 1_000
+    progress: bool = True
+    """Live progress display on the terminal."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)

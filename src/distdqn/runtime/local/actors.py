@@ -1,0 +1,282 @@
+"""Actor processes of the local runtime and the experience they send.
+
+- An actor process (:func:`actor_main`) syncs parameters from shared memory, steps its
+  :class:`~distdqn.roles.actor.Actor` and sends whole :class:`~distdqn.core.Chunk` objects
+  down its own one-way ``multiprocessing`` pipe (numpy arrays, pickled by the standard
+  library).
+- In the learner process a receiver thread per actor (:func:`receive`) moves them into a
+  small inbox; :meth:`ActorPool.take` hands them to the replay only when the rate limiter
+  allows an insert. A full inbox stops the receiver, the pipe fills and the actor blocks in
+  ``send``: that is how ``samples_per_insert`` throttles collection. The learner process
+  keeps no copy of the pipe's write end, so an actor that dies (even mid-message) shows up
+  as end-of-file on its receiver and can never leave the learner blocked on a half-written
+  chunk.
+- Supervision (:meth:`ActorPool.supervise`): an actor process that dies is restarted with a
+  fresh pipe and a new generation (new exploration seeds); one that keeps dying ends the
+  run. Actors exit on their own when the learner process is gone (their ``send`` fails, or
+  they notice they were re-parented: :class:`~distdqn.runtime.local.processes.ParentWatch`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue as queue_mod
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from distdqn.config import ExperimentConfig
+from distdqn.envs import EnvSpaces
+from distdqn.program import build_actor, frame_dedup_enabled
+from distdqn.runtime.driver import RunAborted
+from distdqn.runtime.local.processes import ParentWatch, expected_parent
+from distdqn.runtime.local.shared import SharedParams
+
+log = logging.getLogger(__name__)
+
+INBOX_CHUNKS = 1
+"""Received chunks buffered per actor in the learner process, besides the one the pipe
+holds: more only adds parameter lag (see benchmarks/README.md)."""
+JOIN_GRACE_S = 10.0
+CRASH_LOOP_RESTARTS = 10
+CRASH_LOOP_WINDOW_S = 60.0
+PIPE_MAX_BYTES = 1 << 20
+"""Largest actor pipe asked for (Linux's default ``/proc/sys/fs/pipe-max-size``)."""
+
+
+class ActorCrashLoopError(RunAborted):
+    """Actor processes keep dying right after being restarted."""
+
+
+def actor_main(actor_id: int, generation: int, cfg: ExperimentConfig, spaces: EnvSpaces, params: SharedParams,
+               out_conn: Any, stop_event: Any, parent_pid: int | None) -> None:
+    """Body of an actor process: sync parameters, step, send chunks, until told to stop
+    (or until the learner process is gone; ``parent_pid`` as for ``ParentWatch``)."""
+    parent = ParentWatch(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
+    actor = build_actor(cfg, spaces, actor_id, generation)
+    while params.version() < 0 and not stop_event.is_set():  # the learner side is being built
+        if parent.gone():
+            return
+        time.sleep(0.01)
+    steps = 0
+    try:
+        while True:
+            if steps % 16 == 0:  # the shared event costs a lock per look
+                if stop_event.is_set():
+                    return
+                if steps % 256 == 0 and parent.gone():
+                    return  # the learner process is gone: do not linger as an orphan
+            chunk = actor.tick(params.read)
+            steps += 1
+            if chunk is not None:
+                try:
+                    out_conn.send(chunk)  # blocks while the learner is not taking chunks
+                except OSError:  # BrokenPipeError: the learner process is gone
+                    return
+    finally:
+        actor.close()
+        out_conn.close()
+
+
+def receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event, arrived: threading.Event) -> None:
+    """Receiver thread: pipe -> inbox until end-of-file (the actor exited or died); sets
+    ``arrived`` after each chunk (the main loop sleeps on it when it has nothing to do)."""
+    try:
+        while True:
+            chunk = conn.recv()
+            while True:
+                try:
+                    inbox.put(chunk, timeout=0.1)
+                    arrived.set()
+                    break
+                except queue_mod.Full:
+                    if halt.is_set():
+                        return
+    except (EOFError, OSError):
+        return
+    finally:
+        conn.close()
+
+
+def chunk_bytes(cfg: ExperimentConfig, spaces: EnvSpaces) -> int:
+    """About the pickled size of the largest chunk an actor sends (``chunk_size + envs_per_actor
+    * n_step`` transitions; frames instead of stacks with frame deduplication), in bytes."""
+    item = np.dtype(spaces.obs_dtype).itemsize
+    obs = int(np.prod(spaces.obs_shape)) * item
+    per = int(np.prod(spaces.obs_shape[1:])) * item + 40 if frame_dedup_enabled(cfg, spaces) else 2 * obs + 32
+    return (cfg.actor.chunk_size + cfg.env.envs_per_actor * cfg.actor.n_step) * per + 4096
+
+
+def size_pipe(conn: Any, nbytes: int) -> None:
+    """Size the OS pipe buffer to hold one chunk (``nbytes``; at least a page, at most
+    :data:`PIPE_MAX_BYTES`): an actor's send then is one write that need not wait for the
+    learner process to read, while the inbox, not the kernel, holds any backlog (less
+    parameter lag, fewer items in flight at shutdown). Best effort: a no-op where unsupported."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, int(min(max(nbytes, 4096), PIPE_MAX_BYTES)))
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+class ActorHandle:
+    """One actor's process, its receiver thread and inbox, in the learner process."""
+
+    def __init__(self, actor_id: int):
+        self.actor_id = actor_id
+        self.generation = 0
+        self.proc: Any = None
+        self.inbox: queue_mod.Queue | None = None
+        self.thread: threading.Thread | None = None
+        self.delivered = False  # a chunk of this actor reached the replay
+
+
+class ActorPool:
+    """The actor processes: start, receive, hand chunks over, supervise, stop.
+
+    Args:
+        ctx: the multiprocessing context.
+        cfg, spaces: the experiment.
+        params: the shared parameters the actors read.
+        on_drop: ``on_drop(n)`` counts items that are thrown away (an abrupt stop).
+    """
+
+    def __init__(self, ctx: Any, cfg: ExperimentConfig, spaces: EnvSpaces, params: SharedParams,
+                 on_drop: Callable[[int], None]):
+        self.ctx, self.cfg, self.spaces, self.params, self.on_drop = ctx, cfg, spaces, params, on_drop
+        self.stop_event = ctx.Event()
+        self.halt = threading.Event()
+        self.arrived = threading.Event()  # a chunk reached an inbox
+        self.handles = [ActorHandle(i) for i in range(cfg.actor.num_actors)]
+        self._pipe_bytes = chunk_bytes(cfg, spaces)
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._rr = 0
+
+    def attach(self, h: ActorHandle, reader: Any, proc: Any) -> None:
+        """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
+        h.proc = proc
+        h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
+        h.thread = threading.Thread(target=receive, args=(reader, h.inbox, self.halt, self.arrived),
+                                    name=f"distdqn-recv-{h.actor_id}", daemon=True)
+        h.thread.start()
+
+    def start(self, h: ActorHandle) -> None:
+        reader, writer = self.ctx.Pipe(duplex=False)
+        size_pipe(reader, self._pipe_bytes)
+        proc = self.ctx.Process(
+            target=actor_main,
+            args=(h.actor_id, h.generation, self.cfg, self.spaces, self.params, writer, self.stop_event,
+                  expected_parent(self.ctx)),
+            name=f"distdqn-actor-{h.actor_id}", daemon=True)
+        proc.start()  # the handle keeps only a started process (shutdown joins it)
+        writer.close()  # only the actor holds the write end: its exit means EOF for us
+        self.attach(h, reader, proc)
+
+    def start_all(self) -> None:
+        for h in self.handles:
+            self.start(h)
+
+    def take(self, can_insert: Callable[[], bool], ingest: Callable[[Any], None]) -> bool:
+        """Hand chunks to ``ingest`` from the inboxes in turn while ``can_insert()``; True when any."""
+        took = False
+        n = len(self.handles)
+        for k in range(n):
+            h = self.handles[(self._rr + k) % n]
+            if h.inbox is None or not can_insert():
+                break
+            try:
+                chunk = h.inbox.get_nowait()
+            except queue_mod.Empty:
+                continue
+            ingest(chunk)
+            h.delivered = took = True
+        self._rr += 1
+        return took
+
+    def all_delivered(self) -> bool:
+        return all(h.delivered for h in self.handles)
+
+    def supervise(self, count_restart: Callable[[], int]) -> None:
+        """Restart actor processes that died (``count_restart()`` counts one and returns the total).
+
+        Raises:
+            ActorCrashLoopError: more than ``CRASH_LOOP_RESTARTS`` restarts within ``CRASH_LOOP_WINDOW_S``.
+        """
+        now = time.perf_counter()
+        for h in self.handles:
+            if h.proc is None or h.proc.is_alive() or self.stop_event.is_set():
+                continue
+            self._restart_times.append(now)
+            while self._restart_times and self._restart_times[0] < now - CRASH_LOOP_WINDOW_S:
+                self._restart_times.popleft()
+            if len(self._restart_times) > CRASH_LOOP_RESTARTS:
+                raise ActorCrashLoopError(
+                    f"actor processes keep dying ({len(self._restart_times)} restarts in the last "
+                    f"{CRASH_LOOP_WINDOW_S:.0f} s; actor {h.actor_id} exit code {h.proc.exitcode}); "
+                    "see the actor errors above")
+            total = count_restart()
+            log.warning("actor %d died (exit code %s); restarting it (restart %d)", h.actor_id, h.proc.exitcode, total)
+            h.proc.join(timeout=0)
+            self.drain(h)
+            h.generation += 1
+            self.start(h)
+
+    def drain(self, h: ActorHandle) -> None:
+        """Count what waits in an inbox as dropped (its process is gone or stopping)."""
+        if h.inbox is None:
+            return
+        while True:
+            try:
+                chunk = h.inbox.get_nowait()
+            except queue_mod.Empty:
+                return
+            self.on_drop(len(chunk))
+
+    def stop_unstarted(self) -> None:
+        """Stop actor processes started before the learner side failed to build (they are still
+        waiting for their first parameters, so nothing is in flight)."""
+        self.stop_event.set()
+        for h in self.handles:
+            if h.proc is not None:
+                h.proc.join(timeout=JOIN_GRACE_S)
+                if h.proc.is_alive():
+                    h.proc.kill()
+                    h.proc.join(timeout=5)
+
+    def shutdown(self) -> None:
+        """Stop every actor process; drain their inboxes (counted as dropped); kill stragglers."""
+        handles = self.handles
+        self.stop_event.set()
+        deadline = time.perf_counter() + JOIN_GRACE_S
+        while time.perf_counter() < deadline:
+            for h in handles:
+                self.drain(h)
+            if all(h.proc is None or not h.proc.is_alive() for h in handles):
+                break
+            time.sleep(0.01)
+        for h in handles:
+            if h.proc is not None and h.proc.is_alive():
+                log.warning("actor %d did not stop in %.0fs; killing it", h.actor_id, JOIN_GRACE_S)
+                h.proc.kill()
+            if h.proc is not None:
+                h.proc.join(timeout=5)
+        # Every actor is gone, so every receiver sees end-of-file once its pipe is empty.
+        deadline = time.perf_counter() + 5.0
+        while any(h.thread is not None and h.thread.is_alive() for h in handles) and time.perf_counter() < deadline:
+            for h in handles:
+                self.drain(h)
+            time.sleep(0.01)
+        self.halt.set()
+        for h in handles:
+            if h.thread is not None:
+                h.thread.join(timeout=1)
+            self.drain(h)

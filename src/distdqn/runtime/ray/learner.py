@@ -1,0 +1,253 @@
+"""The Ray runtime's learner role: the topology's own learning step
+(:class:`~distdqn.topologies.apex.ApexUpdater`, :class:`~distdqn.topologies.gorila.GorilaUpdater`)
+looping in a background thread, through ports that carry its calls over Ray:
+
+- :class:`ShardsClient` (the replay port): draws from the shards with ``PREFETCH`` requests
+  in flight, each draw from one shard chosen in proportion to its priority mass (importance
+  weights recomputed over all shards); new priorities travel with the next request to their
+  shard.
+- :class:`RayParamsPort` (the parameter port): apex publishes to the parameter server role;
+  gorila pushes gradients with one push in flight while the next gradient is computed, and
+  takes the newer parameters (and target) each push's answer carries.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdqn.config import ExperimentConfig
+from distdqn.core import Batch, NonFiniteLossError
+from distdqn.envs import EnvSpaces
+from distdqn.program import build_learner
+from distdqn.runtime.codec import batch_from_numpy
+from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, incarnation, role_setup
+from distdqn.topologies import make_updater
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 2
+"""Sample requests a learner keeps in flight (priorities then arrive up to about
+``PREFETCH`` requests' updates late, as in Ape-X's asynchronous learner)."""
+UPDATES_PER_REQUEST = 4
+"""Updates' worth of batches asked for per sample request (each request costs Ray's overhead)."""
+
+
+def _global_weights(batch: Batch, mass: float, masses: np.ndarray, sizes: np.ndarray, beta: float,
+                    num_batches: int = 1) -> None:
+    """Importance weights over all shards (Schaul et al. 2016, sec. 3.4): the draw came
+    from a shard chosen with probability ``mass / sum(masses)`` and then item i with the
+    shard-local ``probs``, so ``P(i) = probs * mass / sum(masses)`` over ``N = sum(sizes)``
+    items; ``w = (N P)^-beta / max w``, the max taken per batch of the draw. In place on
+    ``batch.weights``."""
+    if batch.probs is None:
+        return
+    total, n = float(masses.sum()), float(sizes.sum())
+    p = batch.probs * (mass / max(total, 1e-12))
+    w = np.power(np.maximum(n * p, 1e-12), -beta).reshape(num_batches, -1)
+    batch.weights = torch.from_numpy((w / w.max(axis=1, keepdims=True)).astype(np.float32).reshape(-1))
+
+
+class ShardsClient:
+    """The replay port of a Ray learner (module docstring).
+
+    Args:
+        cfg: the experiment (batch size, batches per sample).
+        shards: the replay shards' handles.
+        rng: picks the shard of each request.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, shards: list[Any], rng: np.random.Generator):
+        import ray
+
+        self._ray, self.shards, self.rng = ray, shards, rng
+        self.b, self.k = cfg.learner.batch_size, cfg.learner.batches_per_sample
+        self.draws = max(1, UPDATES_PER_REQUEST // self.k)
+        n = len(shards)
+        self._masses, self._sizes = np.ones(n), np.zeros(n)
+        self._prio: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
+        self._ready: collections.deque[tuple[int, Batch]] = collections.deque()
+        self._pending: collections.deque[tuple[int, Any]] = collections.deque()
+        self._last = 0  # the shard of the draw handed out last (its priorities go back there)
+
+    def can_sample(self, batch_size: int) -> bool:
+        """Whether a draw is ready; waits for the oldest request in flight when none is."""
+        if self._ready:
+            return True
+        ray = self._ray
+        while len(self._pending) < PREFETCH:
+            p = self._masses / self._masses.sum() if self._masses.sum() > 0 else None
+            j = int(self.rng.choice(len(self.shards), p=p)) if len(self.shards) > 1 else 0
+            updates, self._prio[j] = self._prio[j], []
+            self._pending.append((j, self.shards[j].sample.remote(self.b, updates, self.draws, self.k)))
+        j, ref = self._pending.popleft()
+        try:
+            out = ray.get(ref)
+        except LOST_ERRORS:
+            time.sleep(0.2)  # the shard is being restarted
+            return False
+        self._masses[j], self._sizes[j] = out["mass"], out["size"]
+        if not out["batches"]:
+            time.sleep(0.002)
+            return False
+        for data in out["batches"]:
+            batch = batch_from_numpy(data)
+            if len(self.shards) > 1:
+                _global_weights(batch, out["mass"], self._masses, self._sizes, out["beta"], self.k)
+            self._ready.append((j, batch))
+        return True
+
+    def sample(self, batch_size: int, num_batches: int = 1) -> Batch:
+        self._last, batch = self._ready.popleft()
+        return batch
+
+    def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None:
+        """Queue new priorities for the shard of the last draw's next sample request; send
+        them on their own when a shard is seldom sampled (small priority mass)."""
+        j = self._last
+        self._prio[j].append((keys, td_abs))
+        if len(self._prio[j]) >= 8:
+            self.shards[j].update_priorities.remote(self._prio[j])
+            self._prio[j] = []
+
+
+class RayParamsPort:
+    """The parameter port of a Ray learner (module docstring).
+
+    Versions are the parameter server's within its incarnation: after a restart of the
+    server, the next answer carries the new incarnation and its parameters are taken
+    whatever their version number.
+    """
+
+    def __init__(self, ps: Any, gradient_mode: bool, learner: Any):
+        import ray
+
+        self._ray, self.handle, self.gradient_mode, self.learner = ray, ps, gradient_mode, learner
+        self.incarnation = -1
+        self._params: tuple[int, np.ndarray, bool] | None = None  # (version, flat, new incarnation), not yet taken
+        self._target: tuple[int, np.ndarray] | None = None
+        self._target_version = -1
+        self._push: Any = None  # the gradient push in flight
+        self.pushed = 0
+
+    def begin(self, state: dict[str, Any] | None) -> int:
+        """The server's parameters for a starting learner (into it when ``state`` is None);
+        returns their version."""
+        ray = self._ray
+        inc, version, (ref,) = ray.get(self.handle.get_ref.remote(-1, -1))
+        flat = ray.get(ref)
+        if state is None:
+            self.learner.set_params(flat)
+            self.learner.set_target_params(flat)
+        self.incarnation = inc
+        self._params = (version, flat, True)
+        return version
+
+    def set_params(self, flat: np.ndarray) -> None:
+        self.handle.publish.remote(flat)
+
+    def _settle(self, block: bool) -> None:
+        """Take the answer of the push in flight (waiting for it when ``block``)."""
+        if self._push is None:
+            return
+        if not block and not self._ray.wait([self._push], timeout=0)[0]:
+            return
+        ref, self._push = self._push, None
+        try:
+            reply = self._ray.get(ref)
+        except LOST_ERRORS:  # the parameter server is being restarted: this gradient is lost
+            time.sleep(0.2)
+            return
+        self.pushed += 1
+        new = reply["incarnation"] != self.incarnation or (self._params is not None and self._params[2])
+        self.incarnation = reply["incarnation"]
+        self._params = (reply["version"], reply["params"], new)
+        if "target" in reply:
+            self._target_version = reply["target_version"]
+            self._target = (reply["target_version"], reply["target"])
+
+    def get_params(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None:
+        self._settle(block=False)
+        got, self._params = self._params, None
+        if got is None:
+            return None
+        version, flat, new_incarnation = got
+        return (version, flat) if new_incarnation or version > newer_than else None
+
+    def get_target(self, newer_than: int = -1) -> tuple[int, np.ndarray] | None:
+        got, self._target = self._target, None
+        return got
+
+    def apply_gradients(self, grads: torch.Tensor, based_on_version: int) -> None:
+        self._settle(block=True)
+        self._push = self.handle.push_gradients.remote(grads.numpy(), self.incarnation, based_on_version,
+                                                       self._target_version)
+        return None
+
+
+class LearnerRole:
+    """Ray actor: one learner and the topology's updater, looping in a background thread
+    once :meth:`begin` gave it its starting state."""
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: str, shards: tuple[str, ...]):
+        import ray
+
+        self._ray = ray
+        role_setup(cfg.learner.torch_threads)
+        self.cfg, self.rank = cfg, rank
+        self.learner = build_learner(cfg, spaces)
+        self.incarnation = incarnation()
+        self.error: str | None = None
+        self._started = False
+        self._stop = threading.Event()
+        self.port = RayParamsPort(ray.get_actor(ps), cfg.topology == "gorila", self.learner)
+        rng = np.random.default_rng([cfg.seed, 5, rank, self.incarnation & 0xFFFFFFFF])
+        self.client = ShardsClient(cfg, [ray.get_actor(s) for s in shards], rng)
+        self.updater = make_updater(cfg, spaces, self.port, learners=[self.learner])
+        self._thread = threading.Thread(target=self._run, name=f"distdqn-learner-{rank}", daemon=True)
+
+    def begin(self, state: dict[str, Any] | None) -> None:
+        """Start learning from ``state`` (a checkpointed learner state), or from the
+        parameter server's newest parameters when None."""
+        if self._started:
+            return
+        if state is not None:
+            self.learner.load_state_dict(state)
+        self.port.begin(state)
+        self._started = True
+        self._thread.start()
+
+    def _run(self) -> None:
+        up, client = self.updater, self.client
+        try:
+            while not self._stop.is_set():
+                if up.can_step(client):
+                    up.step(client)
+        except NonFiniteLossError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported, then the process exits for Ray to restart it
+            log.exception("learner %d failed", self.rank)
+            self.error = f"{type(exc).__name__}: {exc}"
+            os._exit(1)
+
+    def stats(self) -> dict[str, Any]:
+        return {"incarnation": self.incarnation, "started": self._started, "updates": self.learner.updates,
+                "pushed": self.port.pushed, "metrics": dict(self.updater.metrics), "error": self.error}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def get_params(self) -> np.ndarray:
+        return self.learner.get_params()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._started:
+            self._thread.join(timeout=STOP_GRACE_S)

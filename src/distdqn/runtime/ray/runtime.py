@@ -1,0 +1,249 @@
+"""The Ray runtime as the :class:`~distdqn.runtime.driver.Driver` sees it: it creates the
+roles as Ray actors, and each pass polls every role's ``stats`` (the shards' transition
+accounting, the learners' update counts) and supervises restarts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from distdqn.config import ExperimentConfig
+from distdqn.core import NonFiniteLossError
+from distdqn.envs import EnvSpaces
+from distdqn.io.checkpoint import load_latest
+from distdqn.runtime.driver import Driver, Parts, RunAborted
+from distdqn.runtime.ray.common import LOST_ERRORS, incarnation
+from distdqn.runtime.ray.driver import (POLL_S, ROLE_LOST_S, _call_all, _init_ray, _LearnersView,
+                                        _learner_gets_gpu, _PSView, _Role, _ShardsView)
+from distdqn.runtime.ray.learner import LearnerRole
+from distdqn.runtime.ray.roles import ActorRole, ParameterServerRole
+from distdqn.runtime.ray.shard import ReplayShardRole
+
+log = logging.getLogger(__name__)
+
+
+class RayRuntime:
+    """Every role a Ray actor (see :mod:`distdqn.runtime.ray`).
+
+    Args:
+        cfg, spaces: the experiment.
+        collect_only: no learners (benchmarking collection); needs ``replay.samples_per_insert == 0``.
+        on_poll: called as ``on_poll(driver, roles)`` after every supervision pass (tests use it
+            to break things mid-run).
+    """
+
+    deterministic = False
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, collect_only: bool = False,
+                 on_poll: Callable[[Driver, list[_Role]], None] | None = None):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if collect_only and cfg.replay.samples_per_insert != 0:
+            raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
+        self.cfg, self.spaces, self.collect_only, self.on_poll = cfg, spaces, collect_only, on_poll
+        self.tail_errors = (ray.exceptions.RayError, RunAborted)
+        self.transient_errors = LOST_ERRORS
+        t_start = time.perf_counter()
+        self.started_ray = _init_ray(cfg)
+        self.startup_s = time.perf_counter() - t_start
+        rc = cfg.ray
+        self.restarts = {"max_restarts": rc.max_restarts, "max_task_retries": 0}
+        self.here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        self.handles: list[Any] = []
+        # Roles find the parameter server and the shards by name (Ray named actors), so no
+        # constructor takes another actor's handle: Ray cannot promise to keep such arguments
+        # for a restart (ray-project/ray#53727).
+        prefix = f"distdqn-{os.getpid()}-{incarnation():x}"
+        self.ps_name = f"{prefix}-ps"
+        self.shard_names = tuple(f"{prefix}-replay{i}" for i in range(rc.replay_shards))
+        self.roles: list[_Role] = []
+        self.driver: Driver | None = None
+        self._learner_ups: dict[int, int] = {}
+
+    def build(self) -> None:
+        """Create the parameter server and the replay shards (their state may be restored)."""
+        import ray
+
+        cfg, spaces, rc = self.cfg, self.spaces, self.cfg.ray
+        ps_h = ray.remote(ParameterServerRole).options(num_cpus=0, scheduling_strategy=self.here, name=self.ps_name,
+                                                       **self.restarts).remote(cfg, spaces)
+        shard_hs = [ray.remote(ReplayShardRole).options(
+            num_cpus=0, scheduling_strategy=self.here, max_concurrency=1000, name=self.shard_names[i],
+            **self.restarts).remote(cfg, spaces, i, rc.replay_shards) for i in range(rc.replay_shards)]
+        self.handles += [ps_h, *shard_hs]
+        self.ps_view = _PSView(ps_h, gradient_mode=cfg.topology == "gorila")
+        self.shards_view = _ShardsView(shard_hs)
+        self.learners_view = _LearnersView(cfg, [], self.ps_view)
+        self.parts = Parts(replay=self.shards_view, ps=self.ps_view, updater=self.learners_view)
+        self.ps_view.note(ray.get(ps_h.stats.remote()))
+        self.roles = ([_Role("parameter_server", 0, ps_h)]
+                      + [_Role("replay", i, h) for i, h in enumerate(shard_hs)])
+
+    def start(self, driver: Driver) -> None:
+        """Create the learners and the actors."""
+        import ray
+
+        cfg, spaces, rc = self.cfg, self.spaces, self.cfg.ray
+        self.driver = driver
+        driver.summary_extra["ray_startup_s"] = round(self.startup_s, 3)
+        learner_hs = []
+        if not self.collect_only:
+            gpus = 1 if _learner_gets_gpu(cfg, spaces) else 0
+            opts = {"num_cpus": 1, "num_gpus": gpus, **self.restarts}
+            if not gpus:
+                opts["scheduling_strategy"] = self.here
+            learner_hs = [ray.remote(LearnerRole).options(**opts).remote(cfg, spaces, r, self.ps_name, self.shard_names)
+                          for r in range(cfg.learner.num_learners)]
+        self.learners_view.learners = learner_hs
+        actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", **self.restarts}
+        if rc.actor_resource:
+            actor_opts["resources"] = {rc.actor_resource: 1}
+        actor_hs = [ray.remote(ActorRole).options(**actor_opts).remote(
+            cfg, spaces, i, self.shard_names[i % rc.replay_shards], self.ps_name) for i in range(cfg.actor.num_actors)]
+        self.handles += learner_hs + actor_hs
+        self.roles += ([_Role("learner", i, h) for i, h in enumerate(learner_hs)]
+                       + [_Role("actor", i, h) for i, h in enumerate(actor_hs)])
+
+    # ------------------------------------------------------------------ driver hooks
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
+    def current_params(self) -> np.ndarray:
+        return self.learners_view.params()
+
+    def eval_runner(self) -> None:
+        return None
+
+    def pump(self) -> bool:
+        t_poll = time.perf_counter()
+        self._poll(POLL_S)
+        time.sleep(max(0.0, POLL_S - (time.perf_counter() - t_poll)))  # the driver stays light
+        if self.on_poll is not None:
+            self.on_poll(self.driver, self.roles)
+        return True
+
+    def supervise(self) -> None:
+        pass  # restarts are noticed in the stats (see _handle)
+
+    def idle(self) -> None:
+        pass
+
+    def _latest_state(self) -> dict[str, Any] | None:
+        found = load_latest(self.driver.run_dir)
+        return None if found is None else found[1]
+
+    def _learner_state(self, rank: int, from_checkpoint: bool) -> dict[str, Any] | None:
+        """A (re)starting learner's state: the resumed run's, or after a restart the newest
+        checkpoint's; None (start from the parameter server's parameters) before any."""
+        if not from_checkpoint:
+            states = self.learners_view.restored
+        else:
+            saved = self._latest_state()
+            states = None if saved is None else saved["updater"].get("learners")
+        if states and rank < len(states):
+            return states[rank]
+        return None
+
+    def _handle(self, role: _Role, st: dict[str, Any]) -> None:
+        import ray
+
+        d = self.driver
+        first = role.incarnation is None
+        restarted = not first and st["incarnation"] != role.incarnation
+        role.incarnation = st["incarnation"]
+        if role.kind == "replay":
+            self.shards_view.gauges[role.index] = st
+            d.ledger.account(st["ingest"], self.ps_view.version)
+            if restarted:
+                d.c.replay_restarts += 1
+                log.warning("replay shard %d was restarted (%d)", role.index, d.c.replay_restarts)
+                shard_states = (self._latest_state() or {}).get("replay", {}).get("shards")
+                if shard_states:
+                    role.handle.load_state_dict.remote(shard_states[role.index])
+        elif role.kind == "parameter_server":
+            if restarted:
+                d.c.parameter_server_restarts += 1
+                log.warning("parameter server was restarted; restoring its newest checkpointed state")
+                saved = self._latest_state()
+                if saved is not None:
+                    ray.get(role.handle.load_state_dict.remote(saved["parameter_server"]))
+                else:
+                    ray.get(role.handle.load_state_dict.remote(
+                        {"params": torch.tensor(self.current_params()), "version": 0}))
+                st = ray.get(role.handle.stats.remote())
+            self.ps_view.note(st)
+        elif role.kind == "learner":
+            if st["error"]:
+                raise NonFiniteLossError(f"learner {role.index}: {st['error']}")
+            if restarted:
+                d.c.learner_restarts += 1
+                log.warning("learner %d was restarted; restoring it from the newest checkpoint", role.index)
+            if not st["started"]:
+                role.handle.begin.remote(self._learner_state(role.index, from_checkpoint=restarted))
+            ups = st["updates"] if not self.ps_view.gradient_mode else st["pushed"]
+            if role.index == 0:
+                self.learners_view.reported_updates = st["updates"]
+            self.learners_view.metrics = st["metrics"]
+            d.report.learn_metrics = st["metrics"]
+            d.report.note_learner(role.index, st["metrics"], replies=ups)
+        elif role.kind == "actor" and restarted:
+            d.c.actor_restarts += 1
+            log.warning("actor %d was restarted (%d restarts)", role.index, d.c.actor_restarts)
+
+    def _poll(self, timeout: float) -> None:
+        import ray
+
+        roles = self.roles
+        now = time.perf_counter()
+        for r in roles:
+            if r.pending is None:
+                r.pending = r.handle.stats.remote()
+        ready, _ = ray.wait([r.pending for r in roles], num_returns=len(roles), timeout=timeout)
+        ready_set = set(ready)
+        for r in roles:
+            if r.pending not in ready_set:
+                if now - r.last_seen > ROLE_LOST_S:
+                    raise RunAborted(f"{r.kind} {r.index} has not answered for {ROLE_LOST_S:.0f} s "
+                                     "(lost beyond restart; see the Ray errors above)")
+                continue
+            ref, r.pending = r.pending, None
+            try:
+                st = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                log.debug("%s %d unreachable: %s", r.kind, r.index, type(exc).__name__)
+                continue
+            r.last_seen = now
+            self._handle(r, st)
+
+    def stop(self) -> None:
+        """Actors first told to halt (so they produce no more), then actors and shards stopped
+        together (inserts waiting in a shard return as "dropped", so no actor stays blocked),
+        then the learners; then the last accounting."""
+        roles = self.roles
+        _call_all([r for r in roles if r.kind == "actor"], "halt", timeout=5)
+        _call_all([r for r in roles if r.kind in ("actor", "replay")], "stop")
+        _call_all([r for r in roles if r.kind == "learner"], "stop")
+        for r in roles:
+            r.pending = None
+        try:
+            self._poll(5.0)
+        except RunAborted:
+            pass
+
+    def close(self) -> None:
+        import ray
+
+        for h in self.handles:
+            ray.kill(h, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
