@@ -13,9 +13,12 @@ Ray instance started by the run) and prints:
 
 Two phases per runtime: ``collect`` (``samples_per_insert=0``: actors as fast as they
 go, the learner keeps up as it can) and ``learn`` (the default ``samples_per_insert``,
-so the rate limiter ties collection to learning).
+so the rate limiter ties collection to learning). Each phase runs ``--rounds`` rounds of
+local then ray, so that slow drifts of the machine's speed hit both; the ratio is that of
+the means. The collect phase runs ``--collect-factor`` times the env steps of the learn
+phase, so that its steady-state window lasts about as long.
 
-    python benchmarks/ray_vs_local.py [--preset apex] [--env-steps 30000] [--json out.json]
+    python benchmarks/ray_vs_local.py [--preset apex] [--env-steps 60000] [--rounds 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -116,15 +119,30 @@ def run_once(runtime: str, preset: str, env_steps: int, spi: float | None, work:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="apex", choices=["apex", "gorila"])
-    ap.add_argument("--env-steps", type=int, default=30_000)
+    ap.add_argument("--env-steps", type=int, default=60_000, help="env steps per learn-phase run")
+    ap.add_argument("--collect-factor", type=int, default=5, help="collect-phase runs take this many times more")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     results: dict[str, Any] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="distdqn-rayvslocal-") as tmp:
         for phase, spi in (("collect", 0.0), ("learn", None)):
-            for runtime in ("local", "ray"):
-                results[f"{phase}/{runtime}"] = run_once(runtime, args.preset, args.env_steps, spi, Path(tmp))
-    print(f"\npreset {args.preset}, CartPole-v1, {args.env_steps} env steps per run, evaluation off")
+            steps = args.env_steps * (args.collect_factor if phase == "collect" else 1)
+            for k in range(args.rounds):
+                for runtime in ("local", "ray"):
+                    work = Path(tmp) / f"round{k}"
+                    work.mkdir(exist_ok=True)
+                    rounds.setdefault(f"{phase}/{runtime}", []).append(run_once(runtime, args.preset, steps, spi, work))
+    for key, runs in rounds.items():
+        results[key] = {"runtime": runs[0]["runtime"], "rounds": runs,
+                        **{m: sum(r[m] for r in runs) / len(runs) for m in ("sps", "ups", "wall_s")},
+                        "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+                        "ray_startup_s": (None if runs[0]["ray_startup_s"] is None
+                                          else sum(r["ray_startup_s"] for r in runs) / len(runs)),
+                        "accounting_ok": all(r["accounting_ok"] for r in runs)}
+    print(f"\npreset {args.preset}, CartPole-v1, {args.env_steps} env steps per learn run ({args.collect_factor}x per "
+          f"collect run), {args.rounds} rounds of local then ray, evaluation off; figures are means over the rounds")
     print(f"{'phase':8} {'runtime':8} {'sps':>8} {'ups':>7} {'peak RSS':>9} {'ray start':>9}  ratio ray/local")
     for phase in ("collect", "learn"):
         loc, ray_ = results[f"{phase}/local"], results[f"{phase}/ray"]
@@ -134,7 +152,9 @@ def main() -> None:
         rs, ru = ray_["sps"] / max(loc["sps"], 1e-9), ray_["ups"] / max(loc["ups"], 1e-9)
         key = "sps" if phase == "collect" else "ups"
         ratio = rs if key == "sps" else ru
-        print(f"{'':8} {'ratio':8} {rs:8.2f} {ru:7.2f}   target {key} >= 0.7: {'MET' if ratio >= 0.7 else 'MISS'}")
+        per = ", ".join(f"{r[key] / max(lr[key], 1e-9):.2f}" for lr, r in zip(loc["rounds"], ray_["rounds"]))
+        print(f"{'':8} {'ratio':8} {rs:8.2f} {ru:7.2f}   target {key} >= 0.7: {'MET' if ratio >= 0.7 else 'MISS'} "
+              f"(per round {per})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -20,7 +20,7 @@ from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.05
+POLL_S = 0.1
 ROLE_LOST_S = 120.0
 """A role that answers no stats call for this long (dead beyond restart) ends the run."""
 
@@ -160,10 +160,11 @@ def _init_ray(cfg: ExperimentConfig) -> bool:
 
 
 class _Role:
-    """A role's handle and its supervision state in the driver."""
+    """A role, its host's handle (``handle``: the Ray actor, what a crash takes down) and its
+    supervision state in the driver."""
 
-    def __init__(self, kind: str, index: int, handle: Any):
-        self.kind, self.index, self.handle = kind, index, handle
+    def __init__(self, kind: str, index: int, role: Any):
+        self.kind, self.index, self.role, self.handle = kind, index, role, role.host
         self.incarnation: int | None = None
         self.pending: Any = None
         self.last_seen = time.perf_counter()
@@ -186,6 +187,6 @@ def _learner_gets_gpu(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
 def _call_all(roles: list[_Role], method: str, timeout: float = STOP_GRACE_S + 5) -> None:
     import ray
 
-    refs = [getattr(r.handle, method).remote() for r in roles]
+    refs = [getattr(r.role, method).remote() for r in roles]
     if refs:
         ray.wait(refs, num_returns=len(refs), timeout=timeout)

@@ -1,6 +1,8 @@
 """The Ray runtime's learner role: the topology's own learning step
 (:class:`~distdqn.topologies.apex.ApexUpdater`, :class:`~distdqn.topologies.gorila.GorilaUpdater`)
-looping in a background thread, through ports that carry its calls over Ray:
+looping in a background thread, through ports: the replay shard and the parameter server
+of its own process directly (:class:`~distdqn.runtime.ray.shard.LocalShardPort`,
+:class:`LocalPublishPort`), the others over Ray:
 
 - :class:`ShardsClient` (the replay port): draws from the shards with ``PREFETCH`` requests
   in flight, each draw from one shard chosen in proportion to its priority mass (importance
@@ -28,7 +30,8 @@ from distdqn.core import Batch, NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_learner
 from distdqn.runtime.codec import batch_from_numpy
-from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, incarnation, role_setup
+from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, RemoteRole, incarnation, role_setup
+from distdqn.runtime.ray.shard import LocalShardPort
 from distdqn.topologies import make_updater
 
 log = logging.getLogger(__name__)
@@ -141,8 +144,8 @@ class RayParamsPort:
         """The server's parameters for a starting learner (into it when ``state`` is None);
         returns their version."""
         ray = self._ray
-        inc, version, (ref,) = ray.get(self.handle.get_ref.remote(-1, -1))
-        flat = ray.get(ref)
+        inc, version, (params,) = ray.get(self.handle.get_ref.remote(-1, -1))
+        flat = params if isinstance(params, np.ndarray) else ray.get(params)
         if state is None:
             self.learner.set_params(flat)
             self.learner.set_target_params(flat)
@@ -192,26 +195,71 @@ class RayParamsPort:
         return None
 
 
-class LearnerRole:
-    """Ray actor: one learner and the topology's updater, looping in a background thread
-    once :meth:`begin` gave it its starting state."""
+class LocalPublishPort:
+    """The parameter port of an apex learner in the same process as the parameter server
+    role: publication is a call, no Ray."""
 
-    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: str, shards: tuple[str, ...]):
+    gradient_mode = False
+
+    def __init__(self, ps: Any, learner: Any):
+        self.ps_role, self.learner = ps, learner
+        self.pushed = 0
+
+    def begin(self, state: dict[str, Any] | None) -> int:
+        version, flat = self.ps_role.get_params()
+        if state is None:
+            self.learner.set_params(flat)
+            self.learner.set_target_params(flat)
+        return version
+
+    def set_params(self, flat: np.ndarray) -> None:
+        self.ps_role.publish(flat)
+
+
+class LearnerRole:
+    """One learner and the topology's updater, looping in a background thread once
+    :meth:`begin` gave it its starting state.
+
+    Args:
+        cfg, spaces: the experiment.
+        rank: the learner's rank.
+        ps: where the parameter server role is (host name, role name).
+        shards: where each replay shard is.
+
+    Its :class:`~distdqn.runtime.ray.common.RoleHost` calls :meth:`attach`: when the host
+    also holds the replay (the only shard) and, for apex, the parameter server, the learner
+    reaches them directly; otherwise through Ray.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: tuple[str, str],
+                 shards: tuple[tuple[str, str], ...]):
         import ray
 
         self._ray = ray
         role_setup(cfg.learner.torch_threads)
-        self.cfg, self.rank = cfg, rank
+        self.cfg, self.spaces, self.rank = cfg, spaces, rank
+        self.ps_at, self.shards_at = ps, shards
         self.learner = build_learner(cfg, spaces)
         self.incarnation = incarnation()
         self.error: str | None = None
         self._started = False
         self._stop = threading.Event()
-        self.port = RayParamsPort(ray.get_actor(ps), cfg.topology == "gorila", self.learner)
-        rng = np.random.default_rng([cfg.seed, 5, rank, self.incarnation & 0xFFFFFFFF])
-        self.client = ShardsClient(cfg, [ray.get_actor(s) for s in shards], rng)
-        self.updater = make_updater(cfg, spaces, self.port, learners=[self.learner])
         self._thread = threading.Thread(target=self._run, name=f"distdqn-learner-{rank}", daemon=True)
+
+    def attach(self, roles: dict[str, Any]) -> None:
+        """Choose the ports: the roles of the same host directly, the others through Ray."""
+        ray, cfg = self._ray, self.cfg
+        gradient = cfg.topology == "gorila"
+        if "parameter_server" in roles and not gradient:
+            self.port: Any = LocalPublishPort(roles["parameter_server"], self.learner)
+        else:
+            self.port = RayParamsPort(RemoteRole(ray.get_actor(self.ps_at[0]), self.ps_at[1]), gradient, self.learner)
+        if "replay" in roles and len(self.shards_at) == 1:
+            self.client: Any = LocalShardPort(roles["replay"])
+        else:
+            rng = np.random.default_rng([cfg.seed, 5, self.rank, self.incarnation & 0xFFFFFFFF])
+            self.client = ShardsClient(cfg, [RemoteRole(ray.get_actor(h), r) for h, r in self.shards_at], rng)
+        self.updater = make_updater(cfg, self.spaces, self.port, learners=[self.learner])
 
     def begin(self, state: dict[str, Any] | None) -> None:
         """Start learning from ``state`` (a checkpointed learner state), or from the

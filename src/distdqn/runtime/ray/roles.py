@@ -16,13 +16,18 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, build_parameter_server
-from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, incarnation, role_setup
+from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, RemoteRole, incarnation, role_setup
 
 log = logging.getLogger(__name__)
 
+INLINE_BYTES = 96 * 1024
+"""Parameter vectors up to this size travel inside the answer to ``get_ref`` (below Ray's
+limit for objects returned inline, 100 KiB): no object-store round trip per sync."""
+
 
 class ParameterServerRole:
-    """Ray actor around :class:`~distdqn.roles.parameter_server.ParameterServer`.
+    """The :class:`~distdqn.roles.parameter_server.ParameterServer` as a Ray role (its calls
+    come from several threads; the server locks itself).
 
     Clients name the version they hold as ``(incarnation, version)``; after a restart the
     incarnation differs and every client gets the current parameters again even if its
@@ -37,20 +42,27 @@ class ParameterServerRole:
         self.ps = build_parameter_server(cfg, spaces)
         self.incarnation = incarnation()
         self._ref: tuple[int, Any] | None = None
+        self._ref_lock = threading.Lock()
         self._staleness: list[int] = []
 
     def _params_ref(self) -> tuple[int, Any]:
-        v = self.ps.version
-        if self._ref is None or self._ref[0] != v:
-            self._ref = (v, self._ray.put(self.ps.get_params()[1]))  # once per version
-        return self._ref
+        with self._ref_lock:
+            v, flat = self.ps.get_params()
+            if self._ref is None or self._ref[0] != v:
+                self._ref = (v, self._ray.put(flat))  # once per version
+            return self._ref
 
     def get_ref(self, incarnation: int, newer_than: int) -> tuple[int, int, list[Any]] | None:
-        """``(incarnation, version, [ref])`` when the caller's version is older (or from an
-        earlier incarnation), else None. The ref is wrapped in a list so Ray passes it on
-        instead of resolving it."""
+        """``(incarnation, version, [params])`` when the caller's version is older (or from an
+        earlier incarnation), else None. ``params`` is the vector itself when it is small
+        enough for Ray to carry in the answer (:data:`INLINE_BYTES`), else an object
+        reference, put once per version so that all actors of a node read the same object;
+        wrapped in a list so Ray passes the reference on instead of resolving it."""
         if incarnation == self.incarnation and self.ps.version <= newer_than:
             return None
+        if self.ps.num_params * 4 <= INLINE_BYTES:
+            v, flat = self.ps.get_params()
+            return self.incarnation, v, [flat]
         v, ref = self._params_ref()
         return self.incarnation, v, [ref]
 
@@ -98,9 +110,20 @@ class ParameterServerRole:
 
 
 class ActorRole:
-    """Ray actor: an :class:`~distdqn.roles.actor.Actor` stepping in a background thread."""
+    """An :class:`~distdqn.roles.actor.Actor` stepping in a background thread, inserting into
+    its replay shard (``shard``: host name and role name) and pulling from the parameter
+    server (``ps``: the same).
 
-    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, shard: str, ps: str):
+    Each chunk is inserted with one call in flight, numbered ``(actor_id, incarnation, seq)``.
+    Parameters are asked for without waiting: the actor acts on the ones it has until newer
+    ones arrive. When the shard and the parameter server share a host, the ask travels in
+    the chunk's own insert call (:meth:`RoleHost.call_many`), so syncing costs no call of
+    its own: the answer, fresh when the insert returns, is taken at the next
+    ``param_sync_period`` boundary.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, shard: tuple[str, str],
+                 ps: tuple[str, str]):
         import ray
 
         self._ray = ray
@@ -114,38 +137,64 @@ class ActorRole:
         self.actor = build_actor(cfg, spaces, actor_id, generation)
         self.source = (actor_id, self.incarnation)
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.shard, self.ps = ray.get_actor(shard), ray.get_actor(ps)
+        self.shard = RemoteRole(ray.get_actor(shard[0]), shard[1])
+        self.ps = RemoteRole(ray.get_actor(ps[0]), ps[1])
+        self.together = shard[0] == ps[0]  # one host: asks ride on inserts
         self._ps_incarnation = -1
+        self._asked: Any = None  # the parameter request in flight
+        self._answer: Any = None  # parameters that came with an insert's answer
         self._stop = threading.Event()
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"distdqn-actor-{actor_id}", daemon=True)
         self._thread.start()
 
-    def _fetch(self, newer_than: int) -> tuple[int, np.ndarray] | None:
-        ray = self._ray
-        try:
-            got = ray.get(self.ps.get_ref.remote(self._ps_incarnation, newer_than))
-            if got is None:
-                return None
-            inc, version, (ref,) = got
-            flat = ray.get(ref)
-        except LOST_ERRORS:  # the parameter server is being restarted: keep acting, ask later
+    def _take(self, answer: Any) -> tuple[int, np.ndarray] | None:
+        if answer is None:
             return None
+        inc, version, (params,) = answer
         self._ps_incarnation = inc
-        return version, flat
+        return version, params if isinstance(params, np.ndarray) else self._ray.get(params)
+
+    def _fetch(self, newer_than: int) -> tuple[int, np.ndarray] | None:
+        """The newer parameters asked for earlier, if they have arrived; asks for the next
+        ones. The actor never waits on the parameter server."""
+        if self.together:
+            got, self._answer = self._answer, None
+            return self._take(got)
+        ray = self._ray
+        got = None
+        try:
+            if self._asked is not None and ray.wait([self._asked], timeout=0)[0]:
+                answer, self._asked = ray.get(self._asked), None
+                got = self._take(answer)
+                if got is not None:
+                    newer_than = got[0]
+            if self._asked is None:
+                self._asked = self.ps.get_ref.remote(self._ps_incarnation, newer_than)
+        except LOST_ERRORS:  # the parameter server is being restarted: keep acting, ask later
+            self._asked = None
+        return got
+
+    def _insert(self, seq: int, chunk: Chunk) -> Any:
+        if not self.together:
+            return self.shard.insert.remote(self.source, seq, chunk)
+        ask = ("parameter_server", "get_ref", (self._ps_incarnation, self.actor.param_version))
+        return self.shard.host.call_many.remote([(self.shard.role, "insert", (self.source, seq, chunk)), ask])
 
     def _deliver(self, chunk: Chunk, seq: int, ref: Any) -> None:
         """Wait for an insert; resend it (same seq) if the shard was lost meanwhile."""
         ray = self._ray
         while True:
             try:
-                ray.get(ref)
+                out = ray.get(ref)
+                if self.together:
+                    self._answer = out[1]  # taken at the actor's next sync
                 return
             except LOST_ERRORS:
                 if self._stop.is_set():
                     return
                 time.sleep(0.2)
-                ref = self.shard.insert.remote(self.source, seq, chunk)
+                ref = self._insert(seq, chunk)
 
     def _run(self) -> None:
         seq = 0
@@ -157,7 +206,7 @@ class ActorRole:
                     continue
                 if inflight is not None:
                     self._deliver(*inflight)
-                inflight = (chunk, seq, self.shard.insert.remote(self.source, seq, chunk))
+                inflight = (chunk, seq, self._insert(seq, chunk))
                 seq += 1
         except Exception as exc:  # noqa: BLE001 - reported, then the process exits for Ray to restart it
             self.error = f"{type(exc).__name__}: {exc}"

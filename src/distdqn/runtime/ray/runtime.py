@@ -17,7 +17,7 @@ from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import load_latest
 from distdqn.runtime.driver import Driver, Parts, RunAborted
-from distdqn.runtime.ray.common import LOST_ERRORS, incarnation
+from distdqn.runtime.ray.common import LOST_ERRORS, RemoteRole, RoleHost, incarnation
 from distdqn.runtime.ray.driver import (POLL_S, ROLE_LOST_S, _call_all, _init_ray, _LearnersView,
                                         _learner_gets_gpu, _PSView, _Role, _ShardsView)
 from distdqn.runtime.ray.learner import LearnerRole
@@ -66,48 +66,78 @@ class RayRuntime:
         self.driver: Driver | None = None
         self._learner_ups: dict[int, int] = {}
 
+    def _host(self, roles: list[tuple[str, type, tuple]], name: str | None = None, **options: Any) -> Any:
+        """A :class:`RoleHost` Ray actor holding ``roles``."""
+        import ray
+
+        opts = {"max_concurrency": self.cfg.actor.num_actors + self.cfg.learner.num_learners + 8,
+                **self.restarts, **options}
+        if name is not None:
+            opts["name"] = name
+        handle = ray.remote(RoleHost).options(**opts).remote(roles)
+        self.handles.append(handle)
+        return handle
+
     def build(self) -> None:
-        """Create the parameter server and the replay shards (their state may be restored)."""
+        """Create the parameter server and the replay shards (their state may be restored);
+        with apex on one shard, its learner too: the three share one process, as in the
+        local runtime's learner process (the learner draws and publishes without Ray)."""
         import ray
 
         cfg, spaces, rc = self.cfg, self.spaces, self.cfg.ray
-        ps_h = ray.remote(ParameterServerRole).options(num_cpus=0, scheduling_strategy=self.here, name=self.ps_name,
-                                                       **self.restarts).remote(cfg, spaces)
-        shard_hs = [ray.remote(ReplayShardRole).options(
-            num_cpus=0, scheduling_strategy=self.here, max_concurrency=1000, name=self.shard_names[i],
-            **self.restarts).remote(cfg, spaces, i, rc.replay_shards) for i in range(rc.replay_shards)]
-        self.handles += [ps_h, *shard_hs]
+        n = rc.replay_shards
+        self.colocated = cfg.topology == "apex" and n == 1
+        ps_at, shards_at = (self.ps_name, "parameter_server"), tuple((name, "replay") for name in self.shard_names)
+        self.ps_at, self.shards_at = ps_at, shards_at
+        learner_roles: list[tuple[str, type, tuple]] = []
+        gpu = {}
+        if self.colocated:
+            shards_at = self.shards_at = ((self.ps_name, "replay"),)
+            if not self.collect_only:
+                learner_roles = [("learner", LearnerRole, (cfg, spaces, 0, ps_at, shards_at))]
+                gpu = {"num_gpus": 1} if _learner_gets_gpu(cfg, spaces) else {}
+            host = self._host([("replay", ReplayShardRole, (cfg, spaces, 0, 1)),
+                               ("parameter_server", ParameterServerRole, (cfg, spaces)), *learner_roles],
+                              name=self.ps_name, num_cpus=1 if learner_roles else 0,
+                              **({} if gpu else {"scheduling_strategy": self.here}), **gpu)
+            ps_h, shard_hs = RemoteRole(host, "parameter_server"), [RemoteRole(host, "replay")]
+            self.learner_hs = [RemoteRole(host, "learner")] if learner_roles else []
+        else:
+            ps_h = RemoteRole(self._host([("parameter_server", ParameterServerRole, (cfg, spaces))], name=self.ps_name,
+                                         num_cpus=0, scheduling_strategy=self.here), "parameter_server")
+            shard_hs = [RemoteRole(self._host([("replay", ReplayShardRole, (cfg, spaces, i, n))],
+                                              name=self.shard_names[i], num_cpus=0, scheduling_strategy=self.here),
+                                   "replay") for i in range(n)]
+            self.learner_hs = []
         self.ps_view = _PSView(ps_h, gradient_mode=cfg.topology == "gorila")
         self.shards_view = _ShardsView(shard_hs)
-        self.learners_view = _LearnersView(cfg, [], self.ps_view)
+        self.learners_view = _LearnersView(cfg, list(self.learner_hs), self.ps_view)
         self.parts = Parts(replay=self.shards_view, ps=self.ps_view, updater=self.learners_view)
         self.ps_view.note(ray.get(ps_h.stats.remote()))
         self.roles = ([_Role("parameter_server", 0, ps_h)]
                       + [_Role("replay", i, h) for i, h in enumerate(shard_hs)])
 
     def start(self, driver: Driver) -> None:
-        """Create the learners and the actors."""
-        import ray
-
+        """Create the learners (those not hosted with the replay) and the actors."""
         cfg, spaces, rc = self.cfg, self.spaces, self.cfg.ray
         self.driver = driver
         driver.summary_extra["ray_startup_s"] = round(self.startup_s, 3)
-        learner_hs = []
-        if not self.collect_only:
+        if not self.collect_only and not self.colocated:
             gpus = 1 if _learner_gets_gpu(cfg, spaces) else 0
-            opts = {"num_cpus": 1, "num_gpus": gpus, **self.restarts}
+            opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus}
             if not gpus:
                 opts["scheduling_strategy"] = self.here
-            learner_hs = [ray.remote(LearnerRole).options(**opts).remote(cfg, spaces, r, self.ps_name, self.shard_names)
-                          for r in range(cfg.learner.num_learners)]
-        self.learners_view.learners = learner_hs
-        actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", **self.restarts}
+            self.learner_hs = [RemoteRole(self._host([("learner", LearnerRole, (cfg, spaces, r, self.ps_at,
+                                                                                 self.shards_at))], **opts), "learner")
+                               for r in range(cfg.learner.num_learners)]
+            self.learners_view.learners = list(self.learner_hs)
+        actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_concurrency": 4}
         if rc.actor_resource:
             actor_opts["resources"] = {rc.actor_resource: 1}
-        actor_hs = [ray.remote(ActorRole).options(**actor_opts).remote(
-            cfg, spaces, i, self.shard_names[i % rc.replay_shards], self.ps_name) for i in range(cfg.actor.num_actors)]
-        self.handles += learner_hs + actor_hs
-        self.roles += ([_Role("learner", i, h) for i, h in enumerate(learner_hs)]
+        actor_hs = [RemoteRole(self._host([("actor", ActorRole, (cfg, spaces, i, self.shards_at[i % len(self.shards_at)],
+                                                                 self.ps_at))], **actor_opts), "actor")
+                    for i in range(cfg.actor.num_actors)]
+        self.roles += ([_Role("learner", i, h) for i, h in enumerate(self.learner_hs)]
                        + [_Role("actor", i, h) for i, h in enumerate(actor_hs)])
 
     # ------------------------------------------------------------------ driver hooks
@@ -169,18 +199,18 @@ class RayRuntime:
                 log.warning("replay shard %d was restarted (%d)", role.index, d.c.replay_restarts)
                 shard_states = (self._latest_state() or {}).get("replay", {}).get("shards")
                 if shard_states:
-                    role.handle.load_state_dict.remote(shard_states[role.index])
+                    role.role.load_state_dict.remote(shard_states[role.index])
         elif role.kind == "parameter_server":
             if restarted:
                 d.c.parameter_server_restarts += 1
                 log.warning("parameter server was restarted; restoring its newest checkpointed state")
                 saved = self._latest_state()
                 if saved is not None:
-                    ray.get(role.handle.load_state_dict.remote(saved["parameter_server"]))
+                    ray.get(role.role.load_state_dict.remote(saved["parameter_server"]))
                 else:
-                    ray.get(role.handle.load_state_dict.remote(
+                    ray.get(role.role.load_state_dict.remote(
                         {"params": torch.tensor(self.current_params()), "version": 0}))
-                st = ray.get(role.handle.stats.remote())
+                st = ray.get(role.role.stats.remote())
             self.ps_view.note(st)
         elif role.kind == "learner":
             if st["error"]:
@@ -189,7 +219,7 @@ class RayRuntime:
                 d.c.learner_restarts += 1
                 log.warning("learner %d was restarted; restoring it from the newest checkpoint", role.index)
             if not st["started"]:
-                role.handle.begin.remote(self._learner_state(role.index, from_checkpoint=restarted))
+                role.role.begin.remote(self._learner_state(role.index, from_checkpoint=restarted))
             ups = st["updates"] if not self.ps_view.gradient_mode else st["pushed"]
             if role.index == 0:
                 self.learners_view.reported_updates = st["updates"]
@@ -207,7 +237,7 @@ class RayRuntime:
         now = time.perf_counter()
         for r in roles:
             if r.pending is None:
-                r.pending = r.handle.stats.remote()
+                r.pending = r.role.stats.remote()
         ready, _ = ray.wait([r.pending for r in roles], num_returns=len(roles), timeout=timeout)
         ready_set = set(ready)
         for r in roles:

@@ -1,15 +1,16 @@
-"""A replay shard of the Ray runtime: :class:`ShardCore` (plain, testable without Ray) and
-the asyncio Ray actor around it, :class:`ReplayShardRole`."""
+"""A replay shard of the Ray runtime: :class:`ShardCore` (plain, testable without Ray), the
+role around it that Ray threads call (:class:`ReplayShardRole`), and the port through which
+a learner hosted in the same process draws from it (:class:`LocalShardPort`)."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from typing import Any
 
 import numpy as np
 
 from distdqn.config import ExperimentConfig
-from distdqn.core import Chunk
+from distdqn.core import Batch, Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_replay
 from distdqn.runtime.codec import batch_to_numpy
@@ -89,50 +90,79 @@ class ShardCore:
 
 
 class ReplayShardRole:
-    """Ray actor around :class:`ShardCore` (asyncio: waiting inserts do not block samples)."""
+    """A replay shard many threads may call (a :class:`RoleHost` is a threaded Ray actor):
+    :class:`ShardCore` under one lock. An insert the rate limiter refuses waits (its calling
+    thread) until a sample made room, so the actor's call returns late: that is the
+    back-pressure that keeps ``samples_per_insert``. A learner in the same process draws
+    through :class:`LocalShardPort`, without Ray."""
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, index: int, num_shards: int):
         role_setup(1)
         self.core = ShardCore(cfg, spaces, index, num_shards)
         self.incarnation = incarnation()
-        self._room: asyncio.Condition | None = None
+        self.room = threading.Condition()
 
-    def _cond(self) -> asyncio.Condition:
-        if self._room is None:
-            self._room = asyncio.Condition()
-        return self._room
+    def insert(self, source: tuple[int, int], seq: int, chunk: Chunk) -> str:
+        with self.room:
+            if self.core.is_new(source, seq):
+                self.room.wait_for(lambda: self.core.can_insert(chunk))
+            out = self.core.insert(source, seq, chunk)
+            self.room.notify_all()  # a learner waiting for data
+            return out
 
-    async def insert(self, source: tuple[int, int], seq: int, chunk: Chunk) -> str:
-        if not self.core.is_new(source, seq):
-            return self.core.insert(source, seq, chunk)
-        cond = self._cond()
-        async with cond:
-            await cond.wait_for(lambda: self.core.can_insert(chunk))
-            return self.core.insert(source, seq, chunk)
-
-    async def sample(self, batch_size: int, priority_updates: list[tuple[np.ndarray, np.ndarray]] = (),
-                     count: int = 1, num_batches: int = 1) -> dict[str, Any]:
-        out = self.core.sample(batch_size, priority_updates, count, num_batches)
-        cond = self._cond()
-        async with cond:  # a sample (or a refused one: the limiter's deadlock breaker) may make room
-            cond.notify_all()
+    def sample(self, batch_size: int, priority_updates: list[tuple[np.ndarray, np.ndarray]] = (),
+               count: int = 1, num_batches: int = 1) -> dict[str, Any]:
+        with self.room:
+            out = self.core.sample(batch_size, priority_updates, count, num_batches)
+            self.room.notify_all()  # a sample (or a refused one: the limiter's deadlock breaker) may make room
         return out
 
-    async def update_priorities(self, updates: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        for keys, td_abs in updates:
-            self.core.replay.update_priorities(keys, td_abs)
+    def update_priorities(self, updates: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        with self.room:
+            for keys, td_abs in updates:
+                self.core.replay.update_priorities(keys, td_abs)
 
-    async def stats(self) -> dict[str, Any]:
-        return dict(self.core.drain_stats(), incarnation=self.incarnation)
+    def stats(self) -> dict[str, Any]:
+        with self.room:
+            return dict(self.core.drain_stats(), incarnation=self.incarnation)
 
-    async def state_dict(self) -> dict[str, Any]:
-        return self.core.replay.state_dict()
+    def state_dict(self) -> dict[str, Any]:
+        with self.room:
+            return self.core.replay.state_dict()
 
-    async def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.core.replay.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self.room:
+            self.core.replay.load_state_dict(state)
 
-    async def stop(self) -> None:
-        self.core.stopping = True
-        cond = self._cond()
-        async with cond:
-            cond.notify_all()
+    def stop(self) -> None:
+        with self.room:
+            self.core.stopping = True
+            self.room.notify_all()
+
+
+class LocalShardPort:
+    """The replay port of a learner in the same process as its shard: draws under the
+    shard's lock, no Ray call. When the rate limiter refuses a draw it waits (briefly) for
+    an insert."""
+
+    def __init__(self, shard: ReplayShardRole):
+        self.shard = shard
+
+    def can_sample(self, batch_size: int) -> bool:
+        s = self.shard
+        with s.room:
+            if s.core.replay.can_sample(batch_size):
+                return True
+            s.room.wait(0.005)
+            return s.core.replay.can_sample(batch_size)
+
+    def sample(self, batch_size: int, num_batches: int = 1) -> Batch:
+        s = self.shard
+        with s.room:
+            batch = s.core.replay.sample(batch_size, num_batches)
+            s.room.notify_all()
+        return batch
+
+    def update_priorities(self, keys: np.ndarray, td_abs: np.ndarray) -> None:
+        with self.shard.room:
+            self.shard.core.replay.update_priorities(keys, td_abs)
