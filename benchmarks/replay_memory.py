@@ -36,7 +36,7 @@ import numpy as np
 from distdqn.agents.dqn.spec import transition_spec
 from distdqn.bench import FRAME, FRAME_BYTES, SyntheticActor, fill, rss_bytes
 from distdqn.config import ReplayConfig
-from distdqn.replay import make_replay
+from distdqn.replay import Replay, make_replay
 
 STACK = 4
 TARGET_BYTES = 1.1 * 1_000_000 * FRAME_BYTES  # 1.1 x 7.06 GB
