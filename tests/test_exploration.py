@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distdqn.agents.dqn.acting import apex_epsilons, linear_epsilon
+from distdqn.agents.dqn.agent import apex_epsilons, linear_epsilon
 
 
 def test_apex_epsilons_eight_actors() -> None:

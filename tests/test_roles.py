@@ -17,7 +17,7 @@ from distdqn.testing import envs as testing_envs
 from distdqn.config import ExperimentConfig, LearnerConfig, NetworkConfig, replace
 from distdqn.agents.dqn.spec import transition_batch as SampledBatch
 from distdqn.core import NonFiniteLossError, flat_params
-from distdqn.agents.dqn.acting import linear_epsilon
+from distdqn.agents.dqn.agent import linear_epsilon
 from distdqn.agents.dqn.loss import n_step_double_dqn_targets
 from distdqn.agents.dqn.networks import make_network
 from distdqn.program import build_actor, build_evaluator, build_network, spaces_for

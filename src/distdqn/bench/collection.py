@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.agents.dqn.acting import apex_epsilons
+from distdqn.agents.dqn.agent import apex_epsilons
 from distdqn.agents.inference import trace_for_inference
 from distdqn.bench.common import COLLECTION_ROUNDS, steady_state, timed
 from distdqn.bench.report import BenchError, say
