@@ -251,9 +251,6 @@ class Batch:
     def __getattr__(self, name: str) -> Any:
         return _field_getattr(self, name)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        _field_setattr(self, name, value)
-
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
@@ -279,7 +276,7 @@ class Batch:
         return [part(slice(i * b, (i + 1) * b)) for i in range(k)]
 
 
-@dataclass(frozen=True)
+@dataclass
 class LossOutput:
     """What an agent's loss function returns to the learner.
 

@@ -32,7 +32,7 @@ class FlatOptimizer:
     Adam (Kingma & Ba 2015, Alg. 1; the fused kernel for float32 on CPU or CUDA) or centered
     RMSProp (Graves 2013, eq. 38-41; as in Ape-X), with torch.optim's ``state_dict`` layout
     (one parameter, index 0). It skips the ``torch.optim.Optimizer`` class, whose first use
-    in a process imports ``torch._dynamo``: about 2 s of CPU, which on 2 cores delayed the
+    in a process imports ``torch._dynamo``: seconds of CPU, which on a small machine delayed the
     start of learning by about 1 s.
 
     Hyperparameters always come from the config (``learner.learning_rate`` etc.), also
@@ -150,19 +150,18 @@ def flatten_parameters(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.
     return param, grad
 
 
-@torch.no_grad()
 def update_target(target: list[torch.Tensor], online: list[torch.Tensor], updates: int, cfg: LearnerConfig) -> bool:
     """The target network's update after ``updates`` optimizer steps: a hard copy every
     ``cfg.target_update_period`` updates (Mnih et al. 2015), or, with ``cfg.tau``, Polyak
     averaging theta' <- tau * theta + (1 - tau) * theta' every update (Lillicrap et al. 2016,
     Alg. 1). ``target`` and ``online`` are matching tensors (one flat buffer each, or one
     per parameter). Returns True when the target changed."""
-    if cfg.tau is None:
-        if updates % cfg.target_update_period != 0:
-            return False
+    if cfg.tau is None and updates % cfg.target_update_period != 0:
+        return False  # most updates: no grad-mode switch at all
+    with torch.no_grad():
         for t, o in zip(target, online):
-            t.copy_(o)
-        return True
-    for t, o in zip(target, online):
-        t.lerp_(o, cfg.tau)
+            if cfg.tau is None:
+                t.copy_(o)
+            else:
+                t.lerp_(o, cfg.tau)
     return True

@@ -109,13 +109,14 @@ def dqn_loss(online: nn.Module, target: nn.Module, batch: Batch, *, double_dqn: 
     Returns:
         :class:`LossOutput` with ``[B]`` |TD error| priorities and ``q_mean``.
     """
+    d = batch.data
     with autocast if autocast is not None else contextlib.nullcontext():
-        q = online(batch.obs).float()
+        q = online(d["obs"]).float()
         with torch.no_grad():
-            q_next_online = online(batch.next_obs).float() if double_dqn else None
-            q_next_target = target(batch.next_obs).float()
-    y = n_step_double_dqn_targets(batch.reward, batch.discount,
+            q_next_online = online(d["next_obs"]).float() if double_dqn else None
+            q_next_target = target(d["next_obs"]).float()
+    y = n_step_double_dqn_targets(d["reward"], d["discount"],
                                   q_next_online if q_next_online is not None else q_next_target, q_next_target,
                                   double_dqn=double_dqn)
-    loss, td_abs = td_loss(q, batch.action, y, batch.weights, kind)
+    loss, td_abs = td_loss(q, d["action"], y, batch.weights, kind)
     return LossOutput(loss=loss, priorities=td_abs, metrics={"q_mean": float(q.detach().mean())})
