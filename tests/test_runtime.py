@@ -291,13 +291,14 @@ def _start_train(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
 def test_local_actors_started_early_are_stopped_if_the_learner_side_fails(tmp_path, monkeypatch):
     """A fresh local run starts its actors before building the learner side; if building
     it raises, the error reaches the caller and no actor process is left behind."""
+    from distdqn.runtime import driver as driver_mod
     from distdqn.runtime import local
 
     def broken(*args, **kwargs):
         assert len(_spawned_pids(os.getpid())) == 2  # the actors are already running
         raise RuntimeError("learner side cannot be built")
 
-    monkeypatch.setattr(local, "Driver", broken)
+    monkeypatch.setattr(driver_mod, "Driver", broken)
     cfg = small_cfg(total_env_steps=1000)
     with pytest.raises(RuntimeError, match="cannot be built"):
         local.run_local(cfg, spaces_for(cfg), tmp_path)

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from distdqn.core import Chunk, ItemSpec
-from distdqn.replay.storage import check_rows, ring_write
+from distdqn.replay.storage import check_rows, load_columns, ring_write
 
 MAX_SEGMENTS = 256
 """Recent chunks per stream whose actor ids can still be resolved. A transition refers to
@@ -454,18 +454,8 @@ class FrameStorage:
 
         inserted, fw = int(state["inserted"]), int(state["frames_written"])
         n, nf = min(inserted, self.capacity), min(fw, self.frame_capacity)
-        for name, rows, dst in [("frames", nf, self.frames), ("prev", nf, self.prev)] + [
-                (c, n, self._column(c)) for c in self._item_columns()]:
-            if name not in state:
-                raise ValueError(f"replay checkpoint has no field {name!r}")
-            src = arr(state[name])
-            if src.shape[0] != rows:
-                raise ValueError(f"replay checkpoint field {name} has {src.shape[0]} rows, expected {rows}")
-            if src.shape[1:] != dst.shape[1:] or src.dtype != dst.dtype:
-                raise ValueError(f"replay checkpoint field {name} holds {tuple(src.shape[1:])} {src.dtype}, "
-                                 f"this replay expects {tuple(dst.shape[1:])} {dst.dtype}")
-            dst[:rows] = src
-            dst[rows:] = 0
+        load_columns(state, [("frames", nf, self.frames), ("prev", nf, self.prev)]
+                     + [(c, n, self._column(c)) for c in self._item_columns()])
         self._inserted, self._frames_written = inserted, fw
         self._swept_to = int(state["swept_to"])
         self._live = int(np.count_nonzero(self.alive[:n]))

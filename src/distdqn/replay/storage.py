@@ -42,6 +42,27 @@ def ring_write(dst: np.ndarray, start: int, src: np.ndarray) -> None:
         dst[: n - first] = src[skip + first :]
 
 
+def load_columns(state: dict[str, Any], columns: list[tuple[str, int, np.ndarray]]) -> None:
+    """Copy checkpointed columns into their rings: ``(name, rows, destination)`` each, the
+    first ``rows`` rows from ``state[name]``, the rest zeroed.
+
+    Raises:
+        ValueError: a missing column, or one of another length, shape or dtype.
+    """
+    for name, rows, dst in columns:
+        if name not in state:
+            raise ValueError(f"replay checkpoint has no field {name!r}")
+        src = state[name]
+        arr = src.numpy() if isinstance(src, torch.Tensor) else np.asarray(src)
+        if arr.shape[0] != rows:
+            raise ValueError(f"replay checkpoint field {name} has {arr.shape[0]} rows, expected {rows}")
+        if arr.shape[1:] != dst.shape[1:] or arr.dtype != dst.dtype:
+            raise ValueError(f"replay checkpoint field {name} holds {tuple(arr.shape[1:])} {arr.dtype}, "
+                             f"this replay expects {tuple(dst.shape[1:])} {dst.dtype}")
+        dst[:rows] = arr
+        dst[rows:] = 0
+
+
 class RingStorage:
     """Fixed-capacity FIFO storage of items in preallocated numpy arrays, one per field.
 
@@ -186,16 +207,5 @@ class RingStorage:
             raise ValueError(f"replay checkpoint has capacity {state['capacity']}, this replay {self.capacity}")
         inserted = int(state["inserted"])
         n = min(inserted, self.capacity)
-        for name, dst in self.arrays.items():
-            if name not in state:
-                raise ValueError(f"replay checkpoint has no field {name!r}")
-            src = state[name]
-            arr = src.numpy() if isinstance(src, torch.Tensor) else np.asarray(src)
-            if arr.shape[0] != n:
-                raise ValueError(f"replay checkpoint field {name} has {arr.shape[0]} rows, expected {n}")
-            if arr.shape[1:] != dst.shape[1:] or arr.dtype != dst.dtype:
-                raise ValueError(f"replay checkpoint field {name} holds {tuple(arr.shape[1:])} {arr.dtype}, "
-                                 f"this replay expects {tuple(dst.shape[1:])} {dst.dtype}")
-            dst[:n] = arr
-            dst[n:] = 0
+        load_columns(state, [(name, n, dst) for name, dst in self.arrays.items()])
         self._inserted = inserted

@@ -132,6 +132,14 @@ class Runtime(Protocol):
         """Release what is left (after the summary)."""
         ...
 
+    def build(self) -> None:
+        """Build the learner side (``parts``); before the driver restores a checkpoint into it."""
+        ...
+
+    def abort(self) -> None:
+        """The learner side or the driver could not be built: release what was started."""
+        ...
+
 
 class Driver:
     """Runs a run: the loop, its duties and the shutdown tail (module docstring).
@@ -345,3 +353,20 @@ class Driver:
         s = self.report.summary(self.stop_reason, self.resumed_from, self.summary_extra)
         (self.run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
         return s
+
+
+def drive(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, runtime: Runtime, resume: bool) -> dict[str, Any]:
+    """Build ``runtime``'s learner side and a :class:`Driver` for it, then run: every runtime's
+    entry. Returns the summary.
+
+    Raises:
+        NonFiniteLossError, RunAborted: after the final checkpoint and summary.
+        FileNotFoundError: ``resume`` without a usable checkpoint.
+    """
+    try:
+        runtime.build()
+        driver = Driver(cfg, spaces, run_dir, runtime, resume)
+    except BaseException:
+        runtime.abort()
+        raise
+    return driver.run()

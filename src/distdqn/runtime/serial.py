@@ -13,7 +13,7 @@ import torch
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, build_parameter_server, build_replay
-from distdqn.runtime.driver import Driver, Parts
+from distdqn.runtime.driver import Driver, Parts, drive
 from distdqn.topologies import make_updater
 
 
@@ -92,6 +92,12 @@ class SerialRuntime:
         for a in self.actors:
             a.close()
 
+    def build(self) -> None:
+        pass  # built with the runtime: the actors' checkpointed state needs them
+
+    def abort(self) -> None:
+        self.close()
+
 
 def run_serial(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train in one process. Returns the summary (also written to ``summary.json``).
@@ -101,10 +107,4 @@ def run_serial(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: 
         FileNotFoundError: ``resume`` without a usable checkpoint.
     """
     torch.set_num_threads(cfg.learner.torch_threads)
-    runtime = SerialRuntime(cfg, spaces)
-    try:
-        driver = Driver(cfg, spaces, run_dir, runtime, resume)
-    except BaseException:
-        runtime.close()
-        raise
-    return driver.run()
+    return drive(cfg, spaces, run_dir, SerialRuntime(cfg, spaces), resume)

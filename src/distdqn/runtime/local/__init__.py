@@ -12,7 +12,7 @@ import torch
 
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
-from distdqn.runtime.driver import Driver
+from distdqn.runtime.driver import drive
 from distdqn.runtime.local.evaluator import EvalProcess
 from distdqn.runtime.local.runtime import LocalRuntime
 
@@ -34,10 +34,4 @@ def run_local(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: b
     torch.set_num_threads(cfg.learner.torch_threads)
     runtime = LocalRuntime(cfg, spaces, collect_only)
     runtime.early_start(resume)
-    try:
-        runtime.build()
-        driver = Driver(cfg, spaces, run_dir, runtime, resume)
-    except BaseException:
-        runtime.abort()
-        raise
-    return driver.run()
+    return drive(cfg, spaces, run_dir, runtime, resume)

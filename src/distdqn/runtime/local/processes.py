@@ -4,8 +4,8 @@ learner process is gone.
 Children are started with ``forkserver`` where the platform has it (Linux, macOS), else
 ``spawn``. The fork server is a clean, single-threaded process that imports distdqn (and so
 torch and Gymnasium) once; every child is a fork of it. A child so starts in milliseconds
-instead of importing torch again (about 2 s of CPU per child on 2 cores, which delayed the
-first experience by about as much), without ``fork``'s hazards: the learner process's
+instead of importing torch again (seconds of CPU per child, which delayed the first
+experience by as much), without ``fork``'s hazards: the learner process's
 threads and any CUDA state are never copied. (Python 3.14 made ``forkserver`` the default
 on Linux for the same reasons.) ``distdqn train`` starts the server as soon as the config
 is valid, so its imports overlap the command's own.

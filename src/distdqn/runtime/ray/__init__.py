@@ -50,7 +50,7 @@ from typing import Any
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
 from distdqn.runtime.codec import batch_from_numpy, batch_to_numpy
-from distdqn.runtime.driver import Driver
+from distdqn.runtime.driver import drive
 from distdqn.runtime.ray.driver import _init_ray
 from distdqn.runtime.ray.learner import _global_weights
 from distdqn.runtime.ray.runtime import RayRuntime
@@ -73,11 +73,4 @@ def run_ray(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: boo
         NonFiniteLossError: a learner met a NaN/inf loss.
         RunAborted: a role was lost beyond restart.
     """
-    runtime = RayRuntime(cfg, spaces, collect_only, on_poll)
-    try:
-        runtime.build()
-        driver = Driver(cfg, spaces, run_dir, runtime, resume)
-    except BaseException:
-        runtime.close()
-        raise
-    return driver.run()
+    return drive(cfg, spaces, run_dir, RayRuntime(cfg, spaces, collect_only, on_poll), resume)

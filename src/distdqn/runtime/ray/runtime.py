@@ -270,6 +270,9 @@ class RayRuntime:
         except RunAborted:
             pass
 
+    def abort(self) -> None:
+        self.close()
+
     def close(self) -> None:
         import ray
 
