@@ -34,7 +34,7 @@ LEARNING_ROUNDS = 3
 """(b) alternates the two loops this many times, so slow drifts in machine load hit both."""
 COLLECTION_ROUNDS = 3
 """(a) takes this many collection runs, each between two ceiling measurements, for the
-same reason: this machine's speed swung by up to 1.5x between a ceiling taken before one
+same reason: this machine's speed swings between a ceiling taken before one
 long run and one taken after it."""
 FILL_LIMIT = 100_000
 """(b) fills the replay with min(capacity, this) random transitions."""
