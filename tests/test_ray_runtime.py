@@ -108,3 +108,14 @@ def test_ray_nan_rewards_are_rejected_in_the_shard(tmp_path):
     assert s["rejected"] >= s["produced"] // 10 - 8 > 0
     assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
     assert s["updates"] > 0  # learning went on with finite data only
+
+
+@pytest.mark.parametrize("env_id,over", [
+    ("gym_simplegrid:SimpleGrid-8x8-v0", {}),
+    ("popgym.envs.position_only_cartpole:PositionOnlyCartPole", {"env.kwargs": {"max_episode_length": 100}}),
+], ids=["module-id", "entry-point"])
+def test_ray_workers_resolve_third_party_envs(tmp_path, env_id, over):
+    """Each actor and the learner host resolve ``env.id`` themselves (the config travels,
+    not the env): a package's ``module:id`` and an entry point with ``env.kwargs``."""
+    s = run(cfg_of(total_env_steps=3000, **{"env.id": env_id, "replay.min_replay_size": 500}, **over), tmp_path)
+    assert s["env_steps"] >= 3000 and s["updates"] > 100 and s["accounting_ok"], s

@@ -1,4 +1,4 @@
-"""Command line: ``distdqn train | eval | bench | plot``.
+"""Command line: ``distdqn train | eval | check-env | bench | plot``.
 
 Exit codes: 0 success; 1 the run failed (e.g. a non-finite loss); 2 invalid config,
 unknown environment or unusable run directory (nothing was started).
@@ -7,6 +7,7 @@ unknown environment or unusable run directory (nothing was started).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -40,11 +41,15 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     if getattr(args, "colocate", False):
         flags.append("colocate=true")
     data = apply_overrides(data, flags + list(args.set or []))
-    return from_dict(data)
+    cfg = from_dict(data)
+    from distdqn.envs.user import absolute_paths
+
+    return dataclasses.replace(cfg, env=absolute_paths(cfg.env))
 
 
 def _default_run_dir(cfg: ExperimentConfig) -> Path:
-    env = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.env.id).strip("-")
+    env = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.env.id.rsplit("/", 1)[-1] if ".py:" in cfg.env.id else cfg.env.id)
+    env = env.strip("-")
     p = PRESETS[cfg.preset]
     name = cfg.preset if (p.agent, p.topology) == (cfg.agent, cfg.topology) else f"{cfg.agent}-{cfg.topology}"
     return Path("runs") / f"{env}-{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -66,15 +71,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = build_config(args)
             run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
+        from distdqn.program import build_network, spaces_for
+
+        spaces = spaces_for(cfg)
+        build_network(cfg, spaces)  # a network the observations do not fit fails here, with the key
         if cfg.runtime == "local":
-            # The config is valid: start the fork server now, so that its imports (torch,
-            # Gymnasium) overlap ours; the actors will be forks of it.
+            # The config and the env are valid: start the fork server now, so that its imports
+            # (torch, Gymnasium) overlap ours; the actors will be forks of it.
             from distdqn.runtime.local.processes import start_process_server
 
             start_process_server()
-        from distdqn.program import spaces_for
-
-        spaces = spaces_for(cfg)
     except (ConfigError, EnvSpecError) as exc:
         return _fail(str(exc))
     if not args.resume:
@@ -176,6 +182,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_env(args: argparse.Namespace) -> int:
+    """``distdqn check-env ENV``: make the env as training would, run Gymnasium's env checker
+    on it, and print its spaces, the network and the replay's bytes per transition."""
+    from distdqn.envs import EnvSpecError
+    from distdqn.envs.check import describe
+
+    try:
+        data = load_yaml(args.config) if args.config else {}
+        cfg = from_dict(apply_overrides(data, [f"env.id={args.env}", *(args.set or [])]))
+        lines, problems = describe(cfg)
+    except (ConfigError, EnvSpecError) as exc:
+        return _fail(str(exc))
+    print("\n".join(lines))
+    return 1 if problems else 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from distdqn.io.plot import plot_runs
 
@@ -227,6 +249,12 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=20)
     e.add_argument("--seed", type=int)
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("check-env", help="make an env as training would and say what distdqn makes of it")
+    c.add_argument("env", help="a Gymnasium id, module:id, or an entry point package.module:callable")
+    c.add_argument("--config", help="YAML file of config keys")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    c.set_defaults(func=cmd_check_env)
 
     pl = sub.add_parser("plot", help="plot metrics.csv of one or more runs to a PNG")
     pl.add_argument("run_dirs", nargs="+")

@@ -24,7 +24,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(key, value, f"a mapping of {hint.__name__} fields")
         return _build(hint, value, key + ".")
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:
+            return str(value).lower()  # YAML reads `true` as a bool; the literal spells it
         return value
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "a mapping")
+        return {str(k): v for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]

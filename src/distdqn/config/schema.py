@@ -9,7 +9,7 @@ allowed, before any process starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from distdqn.config.validate import validate
 
@@ -19,8 +19,19 @@ class EnvConfig:
     """Which environment, how many copies per actor, and Atari preprocessing."""
 
     id: str = "CartPole-v1"
-    """Gymnasium id. Needs a Discrete action space and a Box observation space.
-    ``ALE/...`` ids get the standard Atari preprocessing below."""
+    """Which environment: a registered Gymnasium id (``ALE/...`` ids get the standard Atari
+    preprocessing below); Gymnasium's ``module:id`` (the module is imported first); or an
+    entry point ``package.module:callable`` (or ``path/to/file.py:callable``), a class or
+    factory returning a Gymnasium env. Observation spaces that are not a Box are flattened
+    (``gymnasium.spaces.flatten``); the dqn agent needs a Discrete action space."""
+    imports: tuple[str, ...] = ()
+    """Modules imported in every process before the env is made (packages that register
+    their envs when imported), as RL-Zoo's ``--gym-packages``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Passed to the env's constructor or to ``gymnasium.make`` (``--set env.kwargs.NAME=VALUE``)."""
+    channels_last: Literal["auto", "true", "false"] = "auto"
+    """Image observations (3-D) stored height, width, channels: transposed to channels
+    first for the networks. ``auto``: when the last axis is smaller than the other two."""
     envs_per_actor: int = 4
     """Sub-environments per actor, stepped as one vector env with one batched forward."""
     backend: Literal["gymnasium", "envpool"] = "gymnasium"
@@ -50,14 +61,15 @@ class EnvConfig:
 class NetworkConfig:
     """Q-network architecture (see :mod:`distdqn.agents.dqn.networks`)."""
 
-    kind: Literal["auto", "mlp", "nature_cnn"] = "auto"
-    """``auto``: Nature CNN for image observations (3-D), MLP otherwise."""
+    kind: Literal["auto", "mlp", "nature_cnn", "small_cnn"] = "auto"
+    """``auto``: the Nature CNN for image observations (3-D) at least 36x36 (Atari's 84x84),
+    the small CNN (3x3 convolutions, stride 1) for smaller grids, the MLP otherwise."""
     hidden_sizes: tuple[int, ...] = (128, 128)
     """MLP hidden layer widths."""
     dueling: bool | None = None
     """Dueling head, Q = V + A - mean(A) (Wang et al. 2016, eq. 9). None (default): on for
-    the Nature CNN (as in Ape-X on Atari), off for the MLP (on CartPole the same env steps
-    to solve in a serial-runtime sweep, and 1.3-1.5x the updates per second on 2 cores)."""
+    the Nature CNN (as in Ape-X on Atari), off for the MLP and the small CNN (on CartPole it
+    solves in as many env steps and its updates are cheaper; figures in benchmarks/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +128,9 @@ class ActorConfig:
     chunk_size: int = 256
     """Transitions per chunk sent to replay: at least this many, at most
     ``envs_per_actor * n_step`` more (windows are resolved per chunk, not per step). Each
-    chunk costs a fixed overhead in both processes (a pipe write and read, thread wake-ups):
-    on 2 cores CartPole collection ran about 0.86 of the bare loop's speed per actor with
-    256 against 0.77-0.81 with 64, and the learner process used 7% of a core instead of 15%."""
+    chunk costs a fixed overhead in both processes (a pipe write and read, thread
+    wake-ups), which larger chunks spread; larger still add parameter lag (figures in
+    benchmarks/README.md)."""
     trace_network: bool = True
     """Act with a TorchScript trace of the Q-network (``torch.jit.trace``; the same function
     and parameters, less per-operator overhead). ``false``: act with the eager module."""
@@ -136,10 +148,8 @@ class LearnerConfig:
     an update); priorities reach the tree up to ``batches_per_sample - 1`` updates late,
     as with Ape-X's asynchronous replay. ``gorila`` and ``sync`` take 1."""
     learning_rate: float = 8e-3
-    """Adam/RMSProp step size. The default is tuned on CartPole-v1 (serial-runtime sweeps:
-    5e-3 needed a median of 15,000 env steps to solve against 20,000 with RL-Zoo's 2.3e-3
-    over 15 seeds; 8e-3 a mean of 13,400 against 16,700 for 5e-3 over 20 seeds, the worst
-    seed 20,000 against 30,000); Atari wants far less (configs/pong.yaml: 6.25e-5)."""
+    """Adam/RMSProp step size. The default is tuned on CartPole-v1 (serial-runtime sweeps
+    over seeds, in benchmarks/README.md); Atari wants far less (configs/pong.yaml: 6.25e-5)."""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     adam_epsilon: float = 1.5e-4
     gamma: float = 0.99
@@ -155,9 +165,9 @@ class LearnerConfig:
     publish_period: int = 10
     """Updates between parameter publications to the parameter server."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """``auto``: CUDA when available for the Nature CNN; an MLP learner stays on the CPU. A
-    small MLP's update is bound by per-kernel launch cost: on an H100 machine the default
-    CartPole learner made 408 updates/s on CUDA against 894 on one of its CPU cores."""
+    """``auto``: CUDA when available for the Nature CNN; an MLP learner stays on the CPU,
+    where its update is faster: a small MLP's update on a GPU is bound by per-kernel launch
+    cost (figures in benchmarks/README.md)."""
     torch_threads: int = 1
     """Intra-op threads of the learner process (small networks are fastest on 1)."""
     mixed_precision: bool = False
@@ -166,7 +176,7 @@ class LearnerConfig:
     """CPU learner: denormal floats read and written as zero in its process
     (``torch.set_flush_denormal``). Adam's first moment of a unit whose gradient stays zero
     (a dead ReLU) decays through the denormal range, where x86 arithmetic is many times
-    slower; on the default MLP the optimizer step took 140-175 us instead of about 90."""
+    slower."""
     num_learners: int = 1
     """Learners (processes in the local runtime). ``apex`` has exactly one."""
     sync_mode: Literal["allreduce", "average"] = "allreduce"

@@ -62,6 +62,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(e.noop_max >= 0, "env.noop_max", e.noop_max, "an integer >= 0")
     _check(e.frame_stack >= 1, "env.frame_stack", e.frame_stack, pos)
     _check(0.0 <= e.sticky_actions < 1.0, "env.sticky_actions", e.sticky_actions, "0 <= p < 1")
+    for m in e.imports:
+        _check(isinstance(m, str) and bool(m.strip()), "env.imports", e.imports, "a list of module names")
     n = cfg.network
     _check(len(n.hidden_sizes) >= 1 and all(int(h) > 0 for h in n.hidden_sizes),
            "network.hidden_sizes", n.hidden_sizes, "a non-empty list of positive integers")

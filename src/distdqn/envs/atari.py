@@ -103,7 +103,7 @@ def make_atari(cfg: EnvConfig) -> gymnasium.Env:
     if cfg.max_episode_steps is not None:
         # Truncate inside the ALE so RecordEpisodeStatistics sees the truncation.
         make_kwargs["max_num_frames_per_episode"] = cfg.max_episode_steps * cfg.frame_skip
-    env = gymnasium.make(cfg.id, **make_kwargs)
+    env = gymnasium.make(cfg.id, **{**make_kwargs, **cfg.kwargs})
     env = gymnasium.wrappers.RecordEpisodeStatistics(env)
     env = gymnasium.wrappers.AtariPreprocessing(
         env,

@@ -22,8 +22,6 @@ is first asked for, in the process that asks.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from functools import partial
 
 import gymnasium
@@ -34,7 +32,9 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from distdqn.config import EnvConfig
 from distdqn.envs.atari import make_atari
 from distdqn.envs.envpool import EnvPoolVectorEnv
-from distdqn.envs.spec import EXAMPLE_IDS, EnvSpaces, EnvSpecError, check_space_pair, is_atari
+from distdqn.envs.observations import adapt_observations
+from distdqn.envs.spec import EnvSpaces, EnvSpecError, check_space_pair, is_atari
+from distdqn.envs.user import check_id, construct, import_modules, resolve
 
 try:
     import ale_py
@@ -45,26 +45,6 @@ else:
 
 __all__ = ["env_spaces", "make_env", "make_vector_env"]
 
-TESTING_PREFIX = "distdqn/"
-"""Ids of the fault-drill envs, registered on first use by :mod:`distdqn.testing.envs`."""
-
-
-def _check_id(env_id: str) -> None:
-    if env_id.startswith(TESTING_PREFIX) and env_id not in gymnasium.registry:
-        importlib.import_module("distdqn.testing.envs")  # registers the distdqn/... ids
-    if env_id in gymnasium.registry:
-        return
-    hint = ""
-    close = difflib.get_close_matches(env_id, list(gymnasium.registry.keys()), n=1, cutoff=0.75)
-    if close:
-        hint = f" (did you mean {close[0]!r}?)"
-    elif is_atari(env_id) and ale_py is None:
-        hint = " (Atari ids need the ale-py package)"
-    raise EnvSpecError(
-        f"unknown environment id {env_id!r}{hint}; use a registered Gymnasium id, {EXAMPLE_IDS}"
-    )
-
-
 def _check_spaces(env: gymnasium.Env, env_id: str) -> None:
     check_space_pair(env.observation_space, env.action_space, env_id)
 
@@ -73,9 +53,11 @@ def make_env(cfg: EnvConfig) -> gymnasium.Env:
     """Build one Gymnasium environment for ``cfg.id`` (``cfg.backend`` is not read: the
     envpool backend exists only as a vector env, :func:`make_vector_env`).
 
-    Non-Atari ids: ``gymnasium.make(cfg.id)`` (``max_episode_steps`` overridden when
-    ``cfg.max_episode_steps`` is set), then ``RecordEpisodeStatistics``; observations
-    as the env defines them (CartPole-v1: float32 ``(4,)``).
+    Non-Atari ids: the env ``cfg.id`` leads to (:mod:`distdqn.envs.user`: a registered id,
+    ``module:id``, or an entry point; ``cfg.imports`` imported first, ``cfg.kwargs`` passed
+    on; ``max_episode_steps`` overridden when ``cfg.max_episode_steps`` is set), then
+    ``RecordEpisodeStatistics``, then the observation conversion of
+    :mod:`distdqn.envs.observations` (CartPole-v1 stays float32 ``(4,)``).
 
     Atari ids (:func:`is_atari`), the preprocessing of Mnih et al. 2015, innermost first:
     ALE env with ``frameskip=1`` and ``repeat_action_probability=cfg.sticky_actions``
@@ -90,18 +72,25 @@ def make_env(cfg: EnvConfig) -> gymnasium.Env:
     Observations: uint8 ``(frame_stack, 84, 84)``, oldest frame first.
 
     Raises:
-        EnvSpecError: unknown id, or a space distdqn cannot use (the env is closed).
+        EnvSpecError: an unknown module or id, an entry point that is not callable, a
+            constructor that raised, or a space distdqn cannot use (the env is closed).
     """
-    _check_id(cfg.id)
     if is_atari(cfg.id):
+        import_modules(cfg.imports)
+        check_id(cfg.id)
         env = make_atari(cfg)
     else:
-        if cfg.max_episode_steps is not None:
-            env = gymnasium.make(cfg.id, max_episode_steps=cfg.max_episode_steps)
-        else:
-            env = gymnasium.make(cfg.id)
+        kind, maker = resolve(cfg)
+        kwargs = dict(cfg.kwargs)
+        if cfg.max_episode_steps is not None and kind == "registered":
+            kwargs["max_episode_steps"] = cfg.max_episode_steps
+        env = construct(cfg, maker, kwargs)
+        if cfg.max_episode_steps is not None and kind == "entry point":
+            env = gymnasium.wrappers.TimeLimit(env, cfg.max_episode_steps)
         env = gymnasium.wrappers.RecordEpisodeStatistics(env)
     try:
+        if not is_atari(cfg.id):
+            env = adapt_observations(env, cfg)
         _check_spaces(env, cfg.id)
     except EnvSpecError:
         env.close()

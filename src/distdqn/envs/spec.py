@@ -42,7 +42,7 @@ def check_space_pair(obs: spaces.Space, act: spaces.Space, env_id: str) -> None:
     """Raises :class:`EnvSpecError` unless ``act`` is ``Discrete`` from 0 and ``obs`` a ``Box``."""
     if not isinstance(act, spaces.Discrete) or int(act.start) != 0:
         raise EnvSpecError(
-            f"environment {env_id!r} has action space {act}; distdqn needs a Discrete "
+            f"environment {env_id!r} has action space {act}; the dqn agent needs a Discrete "
             f"action space (starting at 0), {EXAMPLE_IDS}"
         )
     if not isinstance(obs, spaces.Box):

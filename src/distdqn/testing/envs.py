@@ -13,9 +13,11 @@ id                        behaviour
 ``distdqn/StackedFrames-v0`` cheap Atari look-alike: 84x84 uint8 frames that encode
                           (episode tag, step), short random episodes, stacked by
                           ``FrameStackObservation(4)`` (see :class:`FramesEnv`)
+``distdqn/Grid-v0``       a 10x10 grid world to learn, observations 10x10x4 bool
+                          stored channels last (:mod:`distdqn.testing.grid`)
 ========================  ==========================================================
 
-All have a ``Discrete(2)`` action space and a ``Box`` observation space (CartPole ones:
+All but the grid have a ``Discrete(2)`` action space and a ``Box`` observation space (CartPole ones:
 float32 ``(4,)``; Chain: float32 ``(1,)``; StackedFrames: uint8 ``(4, 84, 84)``). :mod:`distdqn.envs` imports
 this module when a ``distdqn/...`` id is first asked for, in the process that asks.
 """
@@ -243,6 +245,7 @@ TESTING_ENV_IDS: tuple[str, ...] = (
     "distdqn/Chain-v0",
     "distdqn/NaNObs-v0",
     "distdqn/StackedFrames-v0",
+    "distdqn/Grid-v0",
 )
 """Ids registered by this module."""
 
@@ -254,13 +257,14 @@ def _register() -> None:
         ("distdqn/Chain-v0", "ChainEnv", None),
         ("distdqn/NaNObs-v0", "NaNObsCartPole", _CARTPOLE_MAX_STEPS),
         ("distdqn/StackedFrames-v0", "make_stacked_frames", None),
+        ("distdqn/Grid-v0", "distdqn.testing.grid:GridGoalEnv", None),
     ]
     for env_id, cls_name, max_steps in table:
         if env_id in gymnasium.registry:
             continue
         gymnasium.register(
             id=env_id,
-            entry_point=f"distdqn.testing.envs:{cls_name}",
+            entry_point=cls_name if ":" in cls_name else f"distdqn.testing.envs:{cls_name}",
             max_episode_steps=max_steps,
             # The passive checker warns on NaN rewards/observations, which are the point here.
             disable_env_checker=True,

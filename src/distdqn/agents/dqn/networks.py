@@ -1,4 +1,5 @@
-"""Q-networks: MLP, Nature CNN (Mnih et al. 2015), optional dueling head (Wang et al. 2016).
+"""Q-networks: MLP, Nature CNN (Mnih et al. 2015), a small CNN for grids, optional dueling
+head (Wang et al. 2016).
 
 All networks map observations ``[B, *obs_shape]`` to Q-values ``[B, num_actions]`` float32.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distdqn.config import NetworkConfig
+from distdqn.config import ConfigError, NetworkConfig
 
 
 class QHead(nn.Module):
@@ -84,12 +85,45 @@ class NatureCNN(nn.Module):
         return self.head(self.fc(self.torso(x)))
 
 
+NATURE_CNN_MIN_SIDE = 36
+"""The Nature CNN's convolutions (8/4, 4/2, 3/1) need images at least this high and wide."""
+
+
+class SmallCNN(nn.Module):
+    """A CNN for small grids (board games, grid worlds): two 3x3 convolutions of stride 1 that
+    keep the grid's size (16 and 32 channels), FC 128, then the Q head.
+
+    Input ``[B, C, H, W]`` of any dtype, as float; uint8 images are scaled by 1/255.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, dueling: bool):
+        super().__init__()
+        c, h, w = obs_shape
+        self.torso = nn.Sequential(
+            nn.Conv2d(c, 16, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * h * w, 128), nn.ReLU(),
+        )
+        self.head = QHead(128, num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float()
+        if obs.dtype == torch.uint8:
+            x = x / 255.0
+        return self.head(self.torso(x))
+
+
 def network_kind(cfg: NetworkConfig, obs_shape: tuple[int, ...]) -> tuple[str, bool]:
     """``(kind, dueling)`` with the defaults resolved: ``auto`` is the Nature CNN for 3-D
-    observations, else the MLP; ``dueling=None`` is on for the Nature CNN, off for the MLP."""
+    observations (channels first) at least :data:`NATURE_CNN_MIN_SIDE` high and wide, the
+    small CNN for smaller ones, else the MLP; ``dueling=None`` is on for the Nature CNN only."""
     kind = cfg.kind
     if kind == "auto":
-        kind = "nature_cnn" if len(obs_shape) == 3 else "mlp"
+        if len(obs_shape) == 3:
+            kind = "nature_cnn" if min(obs_shape[1:]) >= NATURE_CNN_MIN_SIDE else "small_cnn"
+        else:
+            kind = "mlp"
     dueling = cfg.dueling if cfg.dueling is not None else kind == "nature_cnn"
     return kind, bool(dueling)
 
@@ -98,13 +132,17 @@ def make_network(cfg: NetworkConfig, obs_shape: tuple[int, ...], num_actions: in
     """Build the Q-network the config names (defaults resolved by :func:`network_kind`).
 
     Raises:
-        ValueError: ``nature_cnn`` asked for non-image observations.
+        ConfigError: ``network.kind`` names a CNN for observations it cannot take.
     """
     kind, dueling = network_kind(cfg, obs_shape)
-    if kind == "nature_cnn":
+    if kind in ("nature_cnn", "small_cnn"):
         if len(obs_shape) != 3:
-            raise ValueError(f"network.kind=nature_cnn needs [C, H, W] observations, got shape {obs_shape}")
-        return NatureCNN(obs_shape, num_actions, dueling)
+            raise ConfigError("network.kind", kind, f"mlp or auto for observations of shape {obs_shape} "
+                              "(the CNNs take [channels, height, width] images)")
+        if kind == "nature_cnn" and min(obs_shape[1:]) < NATURE_CNN_MIN_SIDE:
+            raise ConfigError("network.kind", kind, f"small_cnn or auto for {obs_shape[1]}x{obs_shape[2]} images "
+                              f"(the Nature CNN needs at least {NATURE_CNN_MIN_SIDE}x{NATURE_CNN_MIN_SIDE})")
+        return (NatureCNN if kind == "nature_cnn" else SmallCNN)(obs_shape, num_actions, dueling)
     obs_dim = 1
     for d in obs_shape:
         obs_dim *= int(d)
