@@ -315,7 +315,8 @@ def test_local_learns_cartpole_past_200(tmp_path):
     s = run_local(cfg, spaces_for(cfg), tmp_path / "r")
     assert s["final_eval_return"] >= 200, s
     assert s["accounting_ok"]
-    assert s["updates"] > 0 and s["env_steps"] <= 60_000 + 2 * 4 * 64
+    # past the budget by at most what the 2 actors had in flight: pipe, inbox, a partial chunk
+    assert s["updates"] > 0 and s["env_steps"] <= 60_000 + 2 * 3 * (cfg.actor.chunk_size + 8 * cfg.actor.n_step)
 
 
 @pytest.mark.slow
@@ -338,6 +339,7 @@ def test_local_sigterm_leaves_no_orphans_and_a_checkpoint(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["stop_reason"] == "SIGTERM"
     assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+    assert s["dropped"] == 0  # a graceful stop inserts what was in flight
 
 
 @pytest.mark.slow
@@ -440,8 +442,8 @@ def test_evaluator_process_matches_in_line_evaluation_and_reports_its_death() ->
                 break
             time.sleep(0.01)
         assert got is not None and not ev.busy
-        returns, env_steps = got
-        assert env_steps == 1234
+        assert got.env_steps == 1234 and got.error is None and got.env_restarts == 0
+        returns = got.returns
         np.testing.assert_array_equal(returns, want)
         ev._proc.kill()
         ev._proc.join(timeout=10)

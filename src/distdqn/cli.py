@@ -173,8 +173,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ev = build_evaluator(cfg, spaces)
     if args.seed is not None:
         ev.seed = args.seed
-    returns = ev.evaluate(params, args.episodes)
-    ev.close()
+    from distdqn.roles.evaluator import EvaluationFailed
+
+    try:
+        returns = ev.evaluate(params, args.episodes)
+    except EvaluationFailed as exc:
+        return _fail(f"{run_dir}: {exc}", code=1)
+    finally:
+        ev.close()
     out = {"checkpoint": str(path), "param_version": int(version), "episodes": len(returns),
            "eval_return": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
            "returns": [float(r) for r in returns]}

@@ -203,6 +203,14 @@ class Actor:
             return self._make_chunk()
         return None
 
+    def flush(self) -> Chunk | None:
+        """The items complete so far as a (short) chunk, with the env steps and episodes
+        since the last chunk; None when there is nothing. For a graceful stop: items still
+        waiting for their n-th step stay behind (an episode cut short has no n-step target)."""
+        if self.adder.num_recorded == 0 and self._chunk_env_steps == 0:
+            return None
+        return self._make_chunk()
+
     def _make_chunk(self) -> Chunk | None:
         items = self.adder.pop_items()
         if items is None:

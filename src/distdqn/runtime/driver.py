@@ -36,7 +36,7 @@ from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import load_latest, save_checkpoint
 from distdqn.io.metrics import MetricsLogger
-from distdqn.runtime.evaluation import EvalRunner, Evaluation
+from distdqn.runtime.evaluation import EvalOutcome, EvalRunner, Evaluation
 from distdqn.runtime.ledger import Counters, Ledger
 from distdqn.runtime.report import Report
 
@@ -124,8 +124,9 @@ class Runtime(Protocol):
 
     def restore_extra(self, extra: dict[str, Any]) -> None: ...
 
-    def stop(self) -> None:
-        """Stop every role; what was in flight is accounted."""
+    def stop(self, graceful: bool = True) -> None:
+        """Stop every role; what was in flight is accounted: inserted into the replay past
+        the rate limiter when ``graceful``, else counted as dropped."""
         ...
 
     def close(self) -> None:
@@ -212,6 +213,7 @@ class Driver:
         stop = StopRequest()
         stop.install()
         error: BaseException | None = None
+        graceful = False  # an unexpected error or a second Ctrl-C: what is in flight is dropped
         rt = self.runtime
         try:
             rt.start(self)
@@ -227,8 +229,10 @@ class Driver:
                     break
                 if not progressed:
                     rt.idle()
+            graceful = True
         except (NonFiniteLossError, RunAborted) as exc:
             error, stop.reason = exc, f"error: {exc}"
+            graceful = True  # the experience in flight is still good: kept for a resume
         except KeyboardInterrupt:
             stop.reason = "interrupted"
         finally:
@@ -236,7 +240,7 @@ class Driver:
             runner = rt.eval_runner()
             if runner is not None:
                 runner.close()
-            rt.stop()
+            rt.stop(graceful)
         self.stop_reason = stop.reason
         self.finish_run(final_eval=error is None and self.stop_reason != "target_return")
         summary = self.finish()
@@ -252,7 +256,7 @@ class Driver:
             runner = None
         if runner is not None:
             done = runner.poll()
-            if done is not None and self.record_evaluation(*done):
+            if done is not None and self.record_evaluation(done):
                 return "target_return"
         if self.checkpoint_due():
             try:
@@ -280,7 +284,7 @@ class Driver:
         a remote role is gone)."""
         try:
             self.checkpoint()
-            if final_eval:
+            if final_eval and not self.evaluation.off:
                 self.evaluate()
         except (OSError, *self.runtime.tail_errors) as exc:
             log.warning("final checkpoint/evaluation failed: %s", exc)
@@ -289,10 +293,10 @@ class Driver:
 
     def evaluate(self) -> bool:
         """Greedy evaluation of the newest parameters, in line; True at the target return."""
-        return self.record_evaluation(*self.evaluation.in_line(self.runtime.current_params()))
+        return self.record_evaluation(self.evaluation.in_line(self.runtime.current_params()))
 
-    def record_evaluation(self, returns: np.ndarray, env_steps: int) -> bool:
-        solved = self.evaluation.record(returns, env_steps)
+    def record_evaluation(self, outcome: EvalOutcome) -> bool:
+        solved = self.evaluation.record(outcome)
         self.log_row()
         return solved
 

@@ -113,6 +113,7 @@ class Report:
             "final_eval_return": None if math.isnan(c.last_eval_return) else c.last_eval_return,
             "final_eval_returns": c.last_eval_returns,
             "eval_episodes": len(c.last_eval_returns),
+            "evals": c.evals,
             "solved": c.solved_at_env_steps >= 0,
             "solved_at_env_steps": c.solved_at_env_steps if c.solved_at_env_steps >= 0 else None,
             "solved_at_wall_time_s": c.solved_at_wall_time if c.solved_at_wall_time >= 0 else None,

@@ -85,7 +85,7 @@ class SerialRuntime:
     def current_params(self) -> np.ndarray:
         return self.parts.updater.params()
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
         pass
 
     def close(self) -> None:

@@ -72,45 +72,47 @@ class NaNRewardCartPole(CartPoleEnv):
 
 
 # Process-wide state of distdqn/Crashing-v0: steps taken by all Crashing envs of
-# this process, and whether the one injected crash already happened.
+# this process, and how many injected crashes already happened.
 _crash_steps = 0
-_crashed = False
+_crashes = 0
 
 
 def crash_state() -> tuple[int, bool]:
-    """``(steps taken by Crashing envs in this process, whether the crash happened)``."""
-    return _crash_steps, _crashed
+    """``(steps taken by Crashing envs in this process, whether a crash happened)``."""
+    return _crash_steps, _crashes > 0
 
 
 def reset_crash_state() -> None:
     """Re-arm the process-wide crash counter of ``distdqn/Crashing-v0`` (for tests)."""
-    global _crash_steps, _crashed
+    global _crash_steps, _crashes
     _crash_steps = 0
-    _crashed = False
+    _crashes = 0
 
 
 class CrashingCartPole(CartPoleEnv):
-    """CartPole-v1 whose ``step`` raises ``RuntimeError("injected env crash")`` once.
+    """CartPole-v1 whose ``step`` raises ``RuntimeError("injected env crash")`` once (or
+    ``crashes`` times).
 
     The crash happens on the ``crash_at``-th step (1-based) counted over *all*
     Crashing envs of the current process (a module-level counter, see
     :func:`crash_state`; if the counter is already past ``crash_at`` when this env
     is built, its next step crashes). After that one crash, no Crashing env of the process ever
-    crashes again, so an actor that recreates the env carries on. The step that
+    crashes again, so an actor that recreates the env carries on. With ``crashes`` > 1 the
+    ``k``-th crash comes at step ``k * crash_at``. The step that
     crashes does not advance the CartPole state. Observations: float32 ``(4,)``.
     """
 
-    def __init__(self, crash_at: int = 100, render_mode: str | None = None):
-        if crash_at < 1:
-            raise ValueError(f"crash_at must be >= 1, got {crash_at}")
+    def __init__(self, crash_at: int = 100, crashes: int = 1, render_mode: str | None = None):
+        if crash_at < 1 or crashes < 1:
+            raise ValueError(f"crash_at and crashes must be >= 1, got {crash_at}, {crashes}")
         super().__init__(render_mode=render_mode)
-        self.crash_at = int(crash_at)
+        self.crash_at, self.crashes = int(crash_at), int(crashes)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        global _crash_steps, _crashed
+        global _crash_steps, _crashes
         _crash_steps += 1
-        if not _crashed and _crash_steps >= self.crash_at:
-            _crashed = True
+        if _crashes < self.crashes and _crash_steps >= (_crashes + 1) * self.crash_at:
+            _crashes += 1
             raise RuntimeError("injected env crash")
         return super().step(action)
 

@@ -71,6 +71,7 @@ def actor_main(actor_id: int, generation: int, cfg: ExperimentConfig, spaces: En
         while True:
             if steps % 16 == 0:  # the shared event costs a lock per look
                 if stop_event.is_set():
+                    _send_last(actor, out_conn)
                     return
                 if steps % 256 == 0 and parent.gone():
                     return  # the learner process is gone: do not linger as an orphan
@@ -84,6 +85,17 @@ def actor_main(actor_id: int, generation: int, cfg: ExperimentConfig, spaces: En
     finally:
         actor.close()
         out_conn.close()
+
+
+def _send_last(actor: Any, out_conn: Any) -> None:
+    """A graceful stop: send the items already complete (and the env steps taken) since the
+    last chunk, so that the learner side can keep them (:meth:`ActorPool.shutdown`)."""
+    chunk = actor.flush()
+    if chunk is not None:
+        try:
+            out_conn.send(chunk)
+        except OSError:  # the learner process is gone: nothing can keep it
+            pass
 
 
 def receive(conn: Any, inbox: queue_mod.Queue, halt: threading.Event, arrived: threading.Event) -> None:
@@ -230,8 +242,10 @@ class ActorPool:
             h.generation += 1
             self.start(h)
 
-    def drain(self, h: ActorHandle) -> None:
-        """Count what waits in an inbox as dropped (its process is gone or stopping)."""
+    def drain(self, h: ActorHandle, keep: Callable[[Any], None] | None = None) -> None:
+        """Empty an inbox: each chunk goes to ``keep`` (a graceful stop inserts it, past the
+        rate limiter), or is counted as dropped when ``keep`` is None (the process died or
+        the stop is abrupt)."""
         if h.inbox is None:
             return
         while True:
@@ -239,7 +253,10 @@ class ActorPool:
                 chunk = h.inbox.get_nowait()
             except queue_mod.Empty:
                 return
-            self.on_drop(len(chunk))
+            if keep is None:
+                self.on_drop(len(chunk))
+            else:
+                keep(chunk)
 
     def stop_unstarted(self) -> None:
         """Stop actor processes started before the learner side failed to build (they are still
@@ -252,14 +269,16 @@ class ActorPool:
                     h.proc.kill()
                     h.proc.join(timeout=5)
 
-    def shutdown(self) -> None:
-        """Stop every actor process; drain their inboxes (counted as dropped); kill stragglers."""
+    def shutdown(self, keep: Callable[[Any], None] | None = None) -> None:
+        """Stop every actor process and kill stragglers. Every chunk still in a pipe or an
+        inbox, and each actor's last partial chunk, goes to ``keep`` (a graceful stop), or
+        is counted as dropped (``keep=None``: an abrupt stop)."""
         handles = self.handles
         self.stop_event.set()
         deadline = time.perf_counter() + JOIN_GRACE_S
         while time.perf_counter() < deadline:
             for h in handles:
-                self.drain(h)
+                self.drain(h, keep)
             if all(h.proc is None or not h.proc.is_alive() for h in handles):
                 break
             time.sleep(0.01)
@@ -273,10 +292,10 @@ class ActorPool:
         deadline = time.perf_counter() + 5.0
         while any(h.thread is not None and h.thread.is_alive() for h in handles) and time.perf_counter() < deadline:
             for h in handles:
-                self.drain(h)
+                self.drain(h, keep)
             time.sleep(0.01)
         self.halt.set()
         for h in handles:
             if h.thread is not None:
                 h.thread.join(timeout=1)
-            self.drain(h)
+            self.drain(h, keep)

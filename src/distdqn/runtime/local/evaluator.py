@@ -13,13 +13,15 @@ import torch
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_evaluator
+from distdqn.runtime.evaluation import EvalOutcome, run_evaluation
 
 log = logging.getLogger(__name__)
 
 
 def evaluator_main(cfg: ExperimentConfig, spaces: EnvSpaces, conn: Any) -> None:
     """Body of the evaluator process: ``(index, params, episodes, env_steps)`` requests in,
-    ``(returns, env_steps)`` out, until ``None`` or end-of-file."""
+    an :class:`~distdqn.runtime.evaluation.EvalOutcome` out (a failed evaluation too: envs
+    that raise are recreated in here), until ``None`` or end-of-file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="[evaluator] %(levelname)s %(message)s")
@@ -34,9 +36,9 @@ def evaluator_main(cfg: ExperimentConfig, spaces: EnvSpaces, conn: Any) -> None:
                 return
             index, params, episodes, env_steps = msg
             evaluator.evaluations = index  # seeds this evaluation's episodes like in-line ones
-            returns = evaluator.evaluate(params, episodes)
+            outcome = run_evaluation(evaluator, params, episodes, env_steps)
             try:
-                conn.send((returns, env_steps))
+                conn.send(tuple(outcome))
             except OSError:  # the learner process is gone
                 return
     finally:
@@ -66,8 +68,8 @@ class EvalProcess:
         except OSError:
             self._lost()
 
-    def poll(self) -> tuple[np.ndarray, int] | None:
-        """``(returns, env_steps)`` of the finished evaluation, or None."""
+    def poll(self) -> EvalOutcome | None:
+        """The finished evaluation's outcome, or None."""
         if not self.busy:
             return None
         try:
@@ -75,12 +77,12 @@ class EvalProcess:
                 if not self._proc.is_alive():
                     self._lost()
                 return None
-            returns, env_steps = self._conn.recv()
+            outcome = EvalOutcome(*self._conn.recv())
         except (EOFError, OSError):
             self._lost()
             return None
         self.busy = False
-        return returns, env_steps
+        return outcome
 
     def _lost(self) -> None:
         log.warning("the evaluator process died (exit code %s); evaluating in the learner process from now on",

@@ -11,9 +11,12 @@ evaluator process (``eval.separate_process``) gets the newest parameters with ea
 and is started once every actor has delivered a chunk (or the first evaluation is due), so
 that its start-up does not take the CPU the actors need to start.
 
-SIGINT/SIGTERM stop the run gracefully: actors are told to stop and joined (killed after a
-grace period), what waits in their inboxes is counted as ``dropped``, then the driver's tail
-writes the final checkpoint and ``summary.json``.
+SIGINT/SIGTERM (and the budget, the target return, a run-ending error) stop the run
+gracefully: actors are told to stop, send their last partial chunk and are joined (killed
+after a grace period); every chunk still in a pipe or an inbox is inserted into the replay,
+past the rate limiter; then the driver's tail writes the final checkpoint and
+``summary.json``. Only an abrupt stop (a second Ctrl-C) counts what was in flight as
+``dropped``.
 """
 
 from __future__ import annotations
@@ -220,13 +223,17 @@ class LocalRuntime:
         else:
             time.sleep(0.0005)
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
         if self.remote is not None:
             self.remote.stop()
             for reply in self.remote.results():
                 if "error" not in reply:
                     self._handle_reply(reply)
-        self.actors.shutdown()
+        keep = None
+        if graceful and self.driver is not None:
+            d, replay, ps = self.driver, self.parts.replay, self.parts.ps
+            keep = lambda chunk: d.ledger.ingest(replay, chunk, ps.version)  # noqa: E731 - past the rate limiter
+        self.actors.shutdown(keep)
 
     def close(self) -> None:
         pass
