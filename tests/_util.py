@@ -70,3 +70,58 @@ def flush(actor):
             v = actor.policy.policy(torch.from_numpy(actor._obs)).max(dim=1).values.numpy()
         actor.adder.resolve(np.asarray(v))
     return actor._make_chunk()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from ``/proc``; Linux)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, int, int]]:
+    """``(address, port, pid)`` of every TCP socket in LISTEN state that one of ``pids``
+    holds (from ``/proc/<pid>/fd`` and ``/proc/net/tcp{,6}``; Linux)."""
+    import ipaddress
+    import os
+
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = pid
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            rows = f.read().splitlines()[1:]
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: TCP_LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per-word byte order
+            out.append((str(ipaddress.ip_address(raw)), int(hex_port, 16), owner[fields[9]]))
+    return out

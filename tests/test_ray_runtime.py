@@ -6,13 +6,14 @@ token authentication stays as Ray sets it up.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from _util import config_with  # noqa: E402
+from _util import config_with, descendants, listening_sockets  # noqa: E402
 
 from distdqn.config import from_dict  # noqa: E402
 from distdqn.program import spaces_for  # noqa: E402
@@ -78,6 +79,31 @@ def test_ray_killed_actor_is_restarted_and_learning_goes_on(tmp_path):
     assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
 
 
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def test_ray_private_instance_listens_on_loopback_only(tmp_path):
+    """Every listening socket of the private instance's processes (GCS, raylet, agents,
+    the roles' workers, this driver's core worker) is on 127.0.0.1, while the roles run."""
+    seen: list[tuple[str, int, int]] = []
+
+    def look(co, roles) -> None:
+        if not seen and co.updates > 0:
+            seen.extend(listening_sockets(descendants(os.getpid())))
+
+    s = run(cfg_of(total_env_steps=3000), tmp_path, on_poll=look)
+    assert s["updates"] > 0 and len(seen) >= 4, seen  # GCS, raylet(s), workers at least
+    names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for _, _, pid in seen
+             if Path(f"/proc/{pid}/comm").exists()}
+    exposed = [(a, port, names.get(pid, pid)) for a, port, pid in seen if not _is_loopback(a)]
+    assert exposed == [], f"sockets open beyond this machine: {exposed}"
+
+
 def test_ray_killed_learner_is_restored_from_checkpoint(tmp_path):
     kill = KillOnce("learner", at=6000)
     s = run(cfg_of(total_env_steps=14_000, checkpoint_period=200), tmp_path, on_poll=kill)
@@ -96,9 +122,23 @@ def test_ray_gorila_learns(tmp_path):
     assert s["staleness_mean"] is not None
 
 
+@pytest.mark.parametrize("mode", ["allreduce", "average"])
+def test_ray_sync_learners_learn_in_lockstep(tmp_path, mode):
+    """Two sync learners as Ray actors: a torch.distributed group meeting at the driver's
+    address (loopback here); rank 0 publishes; all stop after the same round."""
+    cfg = cfg_of(preset="sync", total_env_steps=40_000,
+                 **{"learner.num_learners": 2, "learner.sync_mode": mode,
+                    "eval.eval_period": 2500, "eval.eval_episodes": 10, "eval.target_return": 150})
+    s = run(cfg, tmp_path)
+    assert s["final_eval_return"] >= 150, s
+    assert s["updates"] > 0 and s["accounting_ok"] and s["dropped"] == 0
+    assert s["learner_restarts"] == 0
+
+
 def test_ray_two_replay_shards(tmp_path):
     s = run(cfg_of(total_env_steps=10_000, **{"ray.replay_shards": 2}), tmp_path)
     assert s["accounting_ok"] and s["inserted"] > 9_000
+    assert s["dropped"] == 0  # a graceful stop: the shards took what was in flight
     assert s["updates"] > 500
 
 

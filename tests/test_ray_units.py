@@ -56,6 +56,22 @@ def test_accounting_rejects_nonfinite_and_drops_after_stop():
     assert again.produced == 0 and again.episode_returns == []
 
 
+def test_a_draining_shard_takes_inserts_past_the_rate_limiter_and_keeps_them():
+    """A graceful stop (ReplayShardRole.drain): what is in flight is inserted, not dropped,
+    even where the rate limiter would refuse it."""
+    c = core(samples_per_insert=1.0, min_replay_size=16, error_buffer=64)
+    for seq in range(50):
+        if not c.can_insert(chunk()):
+            break
+        c.insert((0, 1), seq, chunk())
+    assert not c.can_insert(chunk())  # the limiter waits for samples that will not come
+    c.draining = True
+    assert c.can_insert(chunk())
+    assert c.insert((0, 1), 100, chunk()) == "ok"
+    s = c.drain_stats()["ingest"]
+    assert s.dropped == 0 and s.produced == s.inserted == len(c.replay)
+
+
 def test_sample_applies_priorities_then_draws_up_to_count():
     c = core(samples_per_insert=0)
     for seq in range(4):
@@ -115,7 +131,7 @@ def test_global_weights_two_shards_hand_computed():
 
 
 @pytest.mark.parametrize("data, key", [
-    ({"runtime": "ray", "preset": "sync"}, "preset"),
+    ({"runtime": "ray", "colocate": True, "preset": "sync"}, "colocate"),
     ({"runtime": "ray", "ray": {"replay_shards": 0}}, "ray.replay_shards"),
     ({"runtime": "ray", "ray": {"replay_shards": 40}}, "replay.min_replay_size"),
     ({"runtime": "ray", "replay": {"placement": "per_actor"}}, "replay.placement"),

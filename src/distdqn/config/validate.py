@@ -8,7 +8,7 @@ from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from distdqn.config.errors import ConfigError
-from distdqn.config.presets import AGENT_TOPOLOGIES, PRESETS
+from distdqn.config.presets import AGENT_TOPOLOGIES
 
 if TYPE_CHECKING:
     from distdqn.config.schema import ExperimentConfig
@@ -124,8 +124,6 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(ry.max_restarts >= -1, "ray.max_restarts", ry.max_restarts, "-1 (unlimited) or an integer >= 0")
     _check(ry.num_cpus is None or ry.num_cpus >= 1, "ray.num_cpus", ry.num_cpus, "null or an integer > 0")
     if cfg.runtime == "ray":
-        _check(cfg.topology in ("apex", "gorila"), _topology_key(cfg), getattr(cfg, _topology_key(cfg)),
-               "apex or gorila with runtime ray (sync learners on Ray are not built yet; use runtime local)")
         _check(not cfg.colocate, "colocate", cfg.colocate, "false with runtime ray")
         _check(r.placement == "central", "replay.placement", r.placement,
                "central with runtime ray (use ray.replay_shards to spread the replay)")
@@ -152,11 +150,3 @@ def error_buffer(cfg: ExperimentConfig) -> float:
     if r.error_buffer is not None:
         return float(r.error_buffer)
     return 4.0 * max(r.samples_per_insert, sample_unit(cfg))
-
-
-
-
-def _topology_key(cfg: ExperimentConfig) -> str:
-    """The key to name in an error about the topology: ``preset`` when the topology is the
-    preset's own (the user chose the preset), else ``topology``."""
-    return "preset" if PRESETS[cfg.preset].topology == cfg.topology else "topology"

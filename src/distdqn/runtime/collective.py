@@ -13,8 +13,9 @@ Two ways of keeping M learner replicas in agreement, both built only on
   Little"; McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
   Decentralized Data", FedAvg).
 
-Rendezvous is through a :class:`torch.distributed.FileStore` (``file://`` init method): no
-TCP store, no ports.
+Rendezvous is through a :class:`torch.distributed.FileStore` (``file://`` init method, the
+local runtime: no TCP store, no ports), or torch's TCP store at an address the Ray
+runtime's driver picks (``tcp://``).
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ log = logging.getLogger(__name__)
 
 def init_process_group(rank: int, world_size: int, init_file: str, backend: str = "auto",
                        timeout_s: float = 300.0) -> str:
-    """Join the default process group through a file rendezvous.
+    """Join the default process group through a rendezvous.
 
     Args:
         rank: this process's rank, ``0 <= rank < world_size``.
         world_size: number of processes.
-        init_file: absolute path of the rendezvous file, the same for every rank, on a
-            filesystem all ranks see. It must not be left over from an earlier group (use a
-            fresh path per run); torch deletes it when the group is torn down cleanly.
+        init_file: where the ranks meet: the absolute path of a rendezvous file, the same
+            for every rank, on a filesystem all ranks see (the local runtime; it must not be
+            left over from an earlier group: use a fresh path per run; torch deletes it when
+            the group is torn down cleanly), or ``tcp://HOST:PORT`` (the Ray runtime, whose
+            learners may share no filesystem: rank 0 serves torch's TCP store there).
         backend: ``"gloo"``, ``"nccl"`` or ``"auto"``: NCCL when CUDA is available and there are
             at least ``world_size`` visible GPUs (NCCL needs one GPU per rank), else Gloo.
             With NCCL the current CUDA device is set to ``rank % device_count``.
@@ -48,8 +51,9 @@ def init_process_group(rank: int, world_size: int, init_file: str, backend: str 
     Returns:
         The backend used (``"gloo"`` or ``"nccl"``).
 
-    ``GLOO_SOCKET_IFNAME`` defaults to ``lo`` (``os.environ.setdefault``) so Gloo stays on the
-    loopback interface on a single machine; set it beforehand for multi-host runs.
+    ``GLOO_SOCKET_IFNAME`` defaults to ``lo`` (``os.environ.setdefault``) for a file or a
+    loopback rendezvous, so Gloo stays on the loopback interface on a single machine; set it
+    beforehand for multi-host runs.
 
     Raises:
         ValueError: invalid rank / world size / backend.
@@ -61,12 +65,14 @@ def init_process_group(rank: int, world_size: int, init_file: str, backend: str 
         backend = "nccl" if use_nccl else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    tcp = init_file.startswith("tcp://")
+    if not tcp or init_file.startswith(("tcp://127.", "tcp://localhost:")):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(
         backend=backend,
-        init_method=f"file://{os.path.abspath(init_file)}",
+        init_method=init_file if tcp else f"file://{os.path.abspath(init_file)}",
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),

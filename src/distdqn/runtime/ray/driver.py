@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -138,9 +140,40 @@ class _LearnersView:
         self.restored = list(state.get("learners", []))
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for single-machine instances: at ``0`` its node IP is the loopback address."""
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While in effect, Ray takes 127.0.0.1 as this node's IP, so that a private instance's
+    GCS, raylet, object manager, runtime-env agent and every worker's gRPC server bind to
+    loopback only. ``ray.init(_node_ip_address="127.0.0.1")`` cannot do it: Ray replaces a
+    loopback address by the machine's reachable one (``services.resolve_ip_for_localhost``).
+    Ray's own single-machine mode (:data:`LOOPBACK_ENV`) can: its processes started meanwhile
+    inherit the variable; it is restored afterwards, so that a later ``--address`` run in
+    this process finds its node by its real IP."""
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import, and ray is imported already
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = old_env
+
 
 def _init_ray(cfg: ExperimentConfig) -> bool:
-    """Connect to ``ray.address`` or start a private instance; True when this call started it."""
+    """Connect to ``ray.address`` or start a private instance; True when this call started it.
+
+    A private instance accepts connections from this machine only (every socket of its
+    processes listens on 127.0.0.1, :func:`_loopback_node`); Ray's token authentication
+    stays on as Ray sets it up."""
     import ray
 
     if ray.is_initialized():
@@ -155,7 +188,9 @@ def _init_ray(cfg: ExperimentConfig) -> bool:
     # work, and at 15 they lose every contended CPU to anything else on the machine, the
     # driver included: keep them at the driver's priority unless the user set it.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(num_cpus=rc.num_cpus or max(os.cpu_count() or 1, need), include_dashboard=rc.dashboard, **common)
+    with _loopback_node():
+        ray.init(num_cpus=rc.num_cpus or max(os.cpu_count() or 1, need), include_dashboard=rc.dashboard,
+                 dashboard_host="127.0.0.1", **common)
     return True
 
 
@@ -184,9 +219,24 @@ def _learner_gets_gpu(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     return gpus >= cfg.learner.num_learners
 
 
-def _call_all(roles: list[_Role], method: str, timeout: float = STOP_GRACE_S + 5) -> None:
+def _rendezvous() -> str:
+    """Where a sync group's learners meet: ``tcp://HOST:PORT`` with HOST this driver's node
+    IP (127.0.0.1 on a private instance, :func:`_loopback_node`), where rank 0 runs, and a
+    port free now (bound and released; torch's TCP store binds it again in rank 0)."""
+    import socket
+
     import ray
 
-    refs = [getattr(r.role, method).remote() for r in roles]
+    host = ray.util.get_node_ip_address()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _call_all(roles: list[_Role], method: str, *args: Any, timeout: float = STOP_GRACE_S + 5) -> None:
+    import ray
+
+    refs = [getattr(r.role, method).remote(*args) for r in roles]
     if refs:
         ray.wait(refs, num_returns=len(refs), timeout=timeout)

@@ -1,6 +1,7 @@
 """The Ray runtime's learner role: the topology's own learning step
-(:class:`~distdqn.topologies.apex.ApexUpdater`, :class:`~distdqn.topologies.gorila.GorilaUpdater`)
-looping in a background thread, through ports: the replay shard and the parameter server
+(:class:`~distdqn.topologies.apex.ApexUpdater`, :class:`~distdqn.topologies.gorila.GorilaUpdater`,
+:class:`~distdqn.topologies.sync.SyncUpdater`: its learners a ``torch.distributed`` group
+that meets at the address the driver picked) looping in a background thread, through ports: the replay shard and the parameter server
 of its own process directly (:class:`~distdqn.runtime.ray.shard.LocalShardPort`,
 :class:`LocalPublishPort`), the others over Ray:
 
@@ -24,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from distdqn.config import ExperimentConfig
 from distdqn.core import Batch, NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_learner
+from distdqn.runtime import collective
 from distdqn.runtime.codec import batch_from_numpy
 from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, RemoteRole, incarnation, role_setup
 from distdqn.runtime.ray.shard import LocalShardPort
@@ -129,10 +132,11 @@ class RayParamsPort:
     whatever their version number.
     """
 
-    def __init__(self, ps: Any, gradient_mode: bool, learner: Any):
+    def __init__(self, ps: Any, gradient_mode: bool, learner: Any, publishes: bool = True):
         import ray
 
         self._ray, self.handle, self.gradient_mode, self.learner = ray, ps, gradient_mode, learner
+        self.publishes = publishes  # sync: rank 0 publishes for the group (its replicas agree)
         self.incarnation = -1
         self._params: tuple[int, np.ndarray, bool] | None = None  # (version, flat, new incarnation), not yet taken
         self._target: tuple[int, np.ndarray] | None = None
@@ -154,7 +158,8 @@ class RayParamsPort:
         return version
 
     def set_params(self, flat: np.ndarray) -> None:
-        self.handle.publish.remote(flat)
+        if self.publishes:
+            self.handle.publish.remote(flat)
 
     def _settle(self, block: bool) -> None:
         """Take the answer of the push in flight (waiting for it when ``block``)."""
@@ -232,12 +237,13 @@ class LearnerRole:
     """
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: tuple[str, str],
-                 shards: tuple[tuple[str, str], ...]):
+                 shards: tuple[tuple[str, str], ...], rendezvous: str | None = None):
         import ray
 
         self._ray = ray
         role_setup(cfg.learner.torch_threads)
         self.cfg, self.spaces, self.rank = cfg, spaces, rank
+        self.rendezvous = rendezvous  # sync: where the group meets (tcp://HOST:PORT, the driver's pick)
         self.ps_at, self.shards_at = ps, shards
         self.learner = build_learner(cfg, spaces)
         self.incarnation = incarnation()
@@ -253,13 +259,15 @@ class LearnerRole:
         if "parameter_server" in roles and not gradient:
             self.port: Any = LocalPublishPort(roles["parameter_server"], self.learner)
         else:
-            self.port = RayParamsPort(RemoteRole(ray.get_actor(self.ps_at[0]), self.ps_at[1]), gradient, self.learner)
+            self.port = RayParamsPort(RemoteRole(ray.get_actor(self.ps_at[0]), self.ps_at[1]), gradient, self.learner,
+                                      publishes=self.rank == 0 or cfg.topology != "sync")
         if "replay" in roles and len(self.shards_at) == 1:
             self.client: Any = LocalShardPort(roles["replay"])
         else:
             rng = np.random.default_rng([cfg.seed, 5, self.rank, self.incarnation & 0xFFFFFFFF])
             self.client = ShardsClient(cfg, [RemoteRole(ray.get_actor(h), r) for h, r in self.shards_at], rng)
-        self.updater = make_updater(cfg, self.spaces, self.port, learners=[self.learner])
+        extra = {"collective": collective.DistCollective(), "batches": 1} if cfg.topology == "sync" else {}
+        self.updater = make_updater(cfg, self.spaces, self.port, learners=[self.learner], **extra)
 
     def begin(self, state: dict[str, Any] | None) -> None:
         """Start learning from ``state`` (a checkpointed learner state), or from the
@@ -275,6 +283,9 @@ class LearnerRole:
     def _run(self) -> None:
         up, client = self.updater, self.client
         try:
+            if self.cfg.topology == "sync":
+                self._run_together()
+                return
             while not self._stop.is_set():
                 if up.can_step(client):
                     up.step(client)
@@ -284,6 +295,26 @@ class LearnerRole:
             log.exception("learner %d failed", self.rank)
             self.error = f"{type(exc).__name__}: {exc}"
             os._exit(1)
+
+    def _run_together(self) -> None:
+        """A sync learner's loop: join the group, then rounds in lockstep. Before each round
+        the ranks agree (a MAX all-reduce of a stop flag) whether to take it, so that all of
+        them stop after the same round and none is left waiting in a collective."""
+        cfg, up, client = self.cfg, self.updater, self.client
+        backend = collective.init_process_group(self.rank, cfg.learner.num_learners, self.rendezvous,
+                                                cfg.learner.dist_backend)
+        flag = torch.zeros(1, device=self.learner.device if backend == "nccl" else "cpu")
+        try:
+            while True:
+                while not self._stop.is_set() and not up.can_step(client):
+                    pass
+                flag.fill_(1.0 if self._stop.is_set() else 0.0)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() > 0:
+                    return
+                up.step(client)
+        finally:
+            collective.destroy_process_group()
 
     def stats(self) -> dict[str, Any]:
         return {"incarnation": self.incarnation, "started": self._started, "updates": self.learner.updates,

@@ -144,6 +144,7 @@ class ActorRole:
         self._asked: Any = None  # the parameter request in flight
         self._answer: Any = None  # parameters that came with an insert's answer
         self._stop = threading.Event()
+        self._keep = False  # set by halt(keep=True)
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"distdqn-actor-{actor_id}", daemon=True)
         self._thread.start()
@@ -208,6 +209,12 @@ class ActorRole:
                     self._deliver(*inflight)
                 inflight = (chunk, seq, self._insert(seq, chunk))
                 seq += 1
+            if self._keep:  # a graceful stop: the chunk in flight, then the last partial one
+                if inflight is not None:
+                    self._deliver(*inflight)
+                last = self.actor.flush()
+                if last is not None:
+                    self._deliver(last, seq, self._insert(seq, last))
         except Exception as exc:  # noqa: BLE001 - reported, then the process exits for Ray to restart it
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("actor %d failed", self.source[0])
@@ -217,8 +224,11 @@ class ActorRole:
         return {"incarnation": self.incarnation, "env_steps": self.actor.env_steps,
                 "param_version": self.actor.param_version, "node_id": self.node_id}
 
-    def halt(self) -> None:
-        """Stop stepping (returns at once; :meth:`stop` waits for the thread)."""
+    def halt(self, keep: bool = False) -> None:
+        """Stop stepping (returns at once; :meth:`stop` waits for the thread). With ``keep``
+        (a graceful stop) the thread first delivers its chunk in flight and its last
+        partial chunk (the shards take them: ``ReplayShardRole.drain``)."""
+        self._keep = bool(keep)
         self._stop.set()
 
     def stop(self) -> None:

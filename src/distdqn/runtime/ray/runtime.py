@@ -18,7 +18,7 @@ from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import load_latest
 from distdqn.runtime.driver import Driver, Parts, RunAborted
 from distdqn.runtime.ray.common import LOST_ERRORS, RemoteRole, RoleHost, incarnation
-from distdqn.runtime.ray.driver import (POLL_S, ROLE_LOST_S, _call_all, _init_ray, _LearnersView,
+from distdqn.runtime.ray.driver import (POLL_S, ROLE_LOST_S, _call_all, _init_ray, _LearnersView, _rendezvous,
                                         _learner_gets_gpu, _PSView, _Role, _ShardsView)
 from distdqn.runtime.ray.learner import LearnerRole
 from distdqn.runtime.ray.roles import ActorRole, ParameterServerRole
@@ -127,9 +127,14 @@ class RayRuntime:
             opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus}
             if not gpus:
                 opts["scheduling_strategy"] = self.here
-            self.learner_hs = [RemoteRole(self._host([("learner", LearnerRole, (cfg, spaces, r, self.ps_at,
-                                                                                 self.shards_at))], **opts), "learner")
-                               for r in range(cfg.learner.num_learners)]
+            rendezvous = _rendezvous() if cfg.topology == "sync" else None
+            self.learner_hs = [
+                RemoteRole(self._host([("learner", LearnerRole, (cfg, spaces, r, self.ps_at, self.shards_at,
+                                                                 rendezvous))],
+                                      # sync: rank 0 serves the group's store at the driver's address
+                                      **(dict(opts, scheduling_strategy=self.here) if rendezvous and r == 0 else opts)),
+                           "learner")
+                for r in range(cfg.learner.num_learners)]
             self.learners_view.learners = list(self.learner_hs)
         actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_concurrency": 4}
         if rc.actor_resource:
@@ -217,6 +222,9 @@ class RayRuntime:
                 raise NonFiniteLossError(f"learner {role.index}: {st['error']}")
             if restarted:
                 d.c.learner_restarts += 1
+                if self.cfg.topology == "sync":
+                    raise RunAborted(f"sync learner {role.index} was lost and restarted; its group cannot "
+                                     "re-form on Ray yet (the other learners' collectives failed with it)")
                 log.warning("learner %d was restarted; restoring it from the newest checkpoint", role.index)
             if not st["started"]:
                 role.role.begin.remote(self._learner_state(role.index, from_checkpoint=restarted))
@@ -255,13 +263,25 @@ class RayRuntime:
             r.last_seen = now
             self._handle(r, st)
 
-    def stop(self) -> None:
-        """Actors first told to halt (so they produce no more), then actors and shards stopped
-        together (inserts waiting in a shard return as "dropped", so no actor stays blocked),
-        then the learners; then the last accounting."""
+    def stop(self, graceful: bool = True) -> None:
+        """Actors first told to halt (so they produce no more), then actors and shards stopped,
+        then the learners; then the last accounting.
+
+        A graceful stop keeps what is in flight: the shards take every insert at once (past
+        the rate limiter), and each actor delivers its chunk in flight and its last partial
+        chunk before its thread ends. An abrupt one stops actors and shards together
+        (inserts waiting in a shard return as "dropped", counted, so no actor stays blocked)."""
         roles = self.roles
-        _call_all([r for r in roles if r.kind == "actor"], "halt", timeout=5)
-        _call_all([r for r in roles if r.kind in ("actor", "replay")], "stop")
+        actors = [r for r in roles if r.kind == "actor"]
+        shards = [r for r in roles if r.kind == "replay"]
+        if graceful:
+            _call_all(shards, "drain", timeout=5)
+            _call_all(actors, "halt", True, timeout=5)
+            _call_all(actors, "stop")
+            _call_all(shards, "stop")
+        else:
+            _call_all(actors, "halt", timeout=5)
+            _call_all(actors + shards, "stop")
         _call_all([r for r in roles if r.kind == "learner"], "stop")
         for r in roles:
             r.pending = None

@@ -37,13 +37,15 @@ class ShardCore:
         self.last_seq: dict[tuple[int, int], int] = {}
         self.duplicates = 0
         self.stopping = False
+        self.draining = False
+        """A graceful stop: inserts pass the rate limiter (what is in flight is kept)."""
         self._stats = IngestStats()
 
     def is_new(self, source: tuple[int, int], seq: int) -> bool:
         return seq > self.last_seq.get(tuple(source), -1)
 
     def can_insert(self, chunk: Chunk) -> bool:
-        return self.stopping or self.replay.can_insert(len(chunk))
+        return self.stopping or self.draining or self.replay.can_insert(len(chunk))
 
     def insert(self, source: tuple[int, int], seq: int, chunk: Chunk) -> str:
         """Take a chunk: ``"ok"``, ``"dup"`` (already taken) or ``"dropped"`` (stopping).
@@ -133,6 +135,13 @@ class ReplayShardRole:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with self.room:
             self.core.replay.load_state_dict(state)
+
+    def drain(self) -> None:
+        """A graceful stop begins: inserts waiting for the rate limiter, and those still on
+        their way, are taken at once (and kept) until :meth:`stop`."""
+        with self.room:
+            self.core.draining = True
+            self.room.notify_all()
 
     def stop(self) -> None:
         with self.room:
