@@ -72,28 +72,31 @@ def flush(actor):
     return actor._make_chunk()
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (from ``/proc``; Linux)."""
-    import os
+def children(pid: int) -> set[int]:
+    """The child processes of ``pid`` (from ``/proc``; Linux)."""
+    from pathlib import Path
 
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
     return out
 
 
-def listening_sockets(pids: list[int]) -> list[tuple[str, int, int]]:
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (not ``pid`` itself)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+def listening_sockets(pids) -> list[tuple[str, int, int]]:
     """``(address, port, pid)`` of every TCP socket in LISTEN state that one of ``pids``
     holds (from ``/proc/<pid>/fd`` and ``/proc/net/tcp{,6}``; Linux)."""
     import ipaddress

@@ -94,7 +94,7 @@ def test_ray_private_instance_listens_on_loopback_only(tmp_path):
 
     def look(co, roles) -> None:
         if not seen and co.updates > 0:
-            seen.extend(listening_sockets(descendants(os.getpid())))
+            seen.extend(listening_sockets(descendants(os.getpid()) | {os.getpid()}))
 
     s = run(cfg_of(total_env_steps=3000), tmp_path, on_poll=look)
     assert s["updates"] > 0 and len(seen) >= 4, seen  # GCS, raylet(s), workers at least

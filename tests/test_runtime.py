@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _util import children as _children
 from _util import config_with
+from _util import descendants as _descendants
 
 from distdqn.io.checkpoint import complete_checkpoints, load_checkpoint
 from distdqn.config import ExperimentConfig, from_dict
@@ -198,27 +200,6 @@ def test_cli_serial_train_eval_plot(tmp_path):
 
 
 # ----------------------------------------------------------------------------- local runtime
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out |= {int(x) for x in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return out
-
-
-def _descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in _children(todo.pop()):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
 
 
 def _cmdline(pid: int) -> bytes:

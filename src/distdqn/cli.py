@@ -293,7 +293,11 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler is in place (set-up) or after it
+        print("distdqn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -35,17 +35,29 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file, fsync, rename to ``path``. On failure (a full
+    disk: ``OSError(ENOSPC)``) the temporary file is removed, so that it holds no space
+    the next checkpoint needs, and the error is raised; ``path`` is untouched."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(run_dir: Path, env_steps: int, updates: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``state`` (tensors, dicts, lists and Python scalars only) atomically; keep the
-    newest ``keep`` complete checkpoints. Returns the checkpoint's path."""
+    newest ``keep`` complete checkpoints. Returns the checkpoint's path.
+
+    Raises:
+        OSError: the checkpoint could not be written (nothing of it is left behind; the
+            earlier checkpoints are untouched).
+    """
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{env_steps:012d}-{updates:010d}"
@@ -53,7 +65,11 @@ def save_checkpoint(run_dir: Path, env_steps: int, updates: int, state: dict[str
     _atomic_write(path, lambda f: torch.save(state, f))
     marker = {"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path),
               "env_steps": env_steps, "updates": updates}
-    _atomic_write(ckdir / f"{name}.complete", lambda f: f.write(json.dumps(marker).encode()))
+    try:
+        _atomic_write(ckdir / f"{name}.complete", lambda f: f.write(json.dumps(marker).encode()))
+    except BaseException:
+        path.unlink(missing_ok=True)  # a checkpoint without its marker is never loaded: free its space
+        raise
     for old in complete_checkpoints(run_dir)[keep:]:
         if old == path:
             continue

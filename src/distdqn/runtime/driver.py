@@ -34,7 +34,7 @@ import yaml
 from distdqn.config import ExperimentConfig, to_dict
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
-from distdqn.io.checkpoint import load_latest, save_checkpoint
+from distdqn.io.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from distdqn.io.metrics import MetricsLogger
 from distdqn.runtime.evaluation import EvalOutcome, EvalRunner, Evaluation
 from distdqn.runtime.ledger import Counters, Ledger
@@ -263,6 +263,8 @@ class Driver:
                 self.checkpoint()
             except self.runtime.transient_errors as exc:  # a role is being restarted: on a later pass
                 log.warning("checkpoint postponed: %s", type(exc).__name__)
+            except OSError as exc:  # e.g. the disk is full: training goes on, the last good checkpoint stays
+                self._checkpoint_failed(exc)
         if self.runtime.deterministic:
             if self.c.env_steps >= self._next_log:
                 self.log_row()
@@ -284,10 +286,15 @@ class Driver:
         a remote role is gone)."""
         try:
             self.checkpoint()
+        except OSError as exc:
+            self._checkpoint_failed(exc)
+        except self.runtime.tail_errors as exc:
+            log.warning("final checkpoint failed: %s", exc)
+        try:
             if final_eval and not self.evaluation.off:
                 self.evaluate()
-        except (OSError, *self.runtime.tail_errors) as exc:
-            log.warning("final checkpoint/evaluation failed: %s", exc)
+        except self.runtime.tail_errors as exc:
+            log.warning("final evaluation failed: %s", exc)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -310,6 +317,16 @@ class Driver:
     def checkpoint_due(self) -> bool:
         p = self.cfg.checkpoint_period
         return p > 0 and self.updates - self._last_ckpt_updates >= p
+
+    def _checkpoint_failed(self, exc: OSError) -> None:
+        """Count a checkpoint that could not be written and say which one is still good; the
+        next try comes a ``checkpoint_period`` later."""
+        self.c.checkpoint_failures += 1
+        self._last_ckpt_updates = self.updates
+        good = complete_checkpoints(self.run_dir)
+        log.warning("checkpoint failed (%s%s); the last good checkpoint is %s; training goes on "
+                    "(%d failed so far)", exc.strerror or exc, f": {exc.filename}" if exc.filename else "",
+                    good[0] if good else "none yet", self.c.checkpoint_failures)
 
     def checkpoint(self) -> Path:
         """Write a checkpoint of the learner side, the counters and the runtime's extra state

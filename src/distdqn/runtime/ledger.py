@@ -31,6 +31,8 @@ class Counters:
     replay_restarts: int = 0
     parameter_server_restarts: int = 0
     env_restarts: int = 0
+    checkpoint_failures: int = 0
+    """Checkpoints that could not be written (e.g. disk full); the last good one stays."""
     next_eval_at: int = 0
     evals: int = 0
     wall_time: float = 0.0

@@ -136,6 +136,7 @@ class Report:
             "replay_restarts": c.replay_restarts,
             "parameter_server_restarts": c.parameter_server_restarts,
             "env_restarts": c.env_restarts,
+            "checkpoint_failures": c.checkpoint_failures,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "learners": self.cfg.learner.num_learners,
             "staleness_mean": ps.staleness_mean() if ps.gradient_mode else None,
