@@ -55,6 +55,16 @@ def _default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{env}-{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_devices(cfg: ExperimentConfig) -> None:
+    """``learner.device: cuda`` needs a GPU here, except on Ray (whose learners may run on
+    another node: the Ray runtime checks the cluster's GPUs). Raises ConfigError."""
+    if cfg.learner.device == "cuda" and cfg.runtime != "ray":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("learner.device", "cuda", "auto or cpu (no CUDA device is available here)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from distdqn.envs import EnvSpecError
 
@@ -71,10 +81,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = build_config(args)
             run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        from distdqn.program import build_network, spaces_for
+        from distdqn.program import build_network, frame_dedup_enabled, spaces_for
 
         spaces = spaces_for(cfg)
         build_network(cfg, spaces)  # a network the observations do not fit fails here, with the key
+        frame_dedup_enabled(cfg, spaces)  # replay.frame_dedup=on needs frame stacks
+        _check_devices(cfg)
         if cfg.runtime == "local":
             # The config and the env are valid: start the fork server now, so that its imports
             # (torch, Gymnasium) overlap ours; the actors will be forks of it.
@@ -108,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary = run_local(cfg, spaces, run_dir, resume=bool(args.resume))
     except (NonFiniteLossError, RunAborted) as exc:
         return _fail(str(exc), code=1)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConfigError) as exc:  # a check that needs the roles built (after the ones above)
         return _fail(str(exc))
     _print_summary(summary, run_dir)
     return 0

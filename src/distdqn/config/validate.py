@@ -31,6 +31,9 @@ def _check_literals(obj: Any, prefix: str) -> None:
         if get_origin(hint) is Literal:
             allowed = get_args(hint)
             _check(value in allowed, key, value, "one of " + ", ".join(map(str, allowed)))
+        elif isinstance(value, float):
+            # No setting means anything at NaN or infinity (null switches off those that can be off).
+            _check(math.isfinite(value), key, value, "a finite number")
 
 
 def validate(cfg: ExperimentConfig) -> None:
