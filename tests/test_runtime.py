@@ -338,6 +338,7 @@ def test_local_killed_actor_is_restarted(tmp_path):
     assert s["actor_restarts"] >= 1
     assert s["env_steps"] >= 40000 and s["updates"] > 1000  # learning went on
     assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+    assert s["dropped"] == 0  # the chunks the killed actor had sent were kept
 
 
 @pytest.mark.slow

@@ -295,6 +295,11 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", default="0,1,2", help="seeds for the time-to-solve rows")
     b.add_argument("--skip-solve", action="store_true", help="skip the time-to-solve rows")
     b.add_argument("--skip-sb3", action="store_true", help="skip the Stable-Baselines3 comparison")
+    b.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="instead of the rows: a soak of apex on CartPole for MINUTES, an actor killed every "
+                        "--soak-kill-period s; RSS of every process, sps over time, the accounting")
+    b.add_argument("--soak-kill-period", type=float, default=30.0, dest="soak_kill_period",
+                   help="seconds between actor kills in a soak (default 30)")
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.add_argument("--sb3-threads", type=int, dest="sb3_threads",
                    help="torch threads for the Stable-Baselines3 reference (default: torch's default)")

@@ -82,6 +82,8 @@ def bench_mode(cfg: ExperimentConfig, rows: str = "auto") -> str:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args`` (see ``distdqn bench --help``); print the
     table, optionally write ``--json``. Returns the exit code."""
+    if getattr(args, "soak", None) is not None:
+        return _soak_main(args)
     default_threads = torch.get_num_threads()
     quick = bool(getattr(args, "quick", False))
     seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if quick else DEFAULT_SECONDS)
@@ -137,6 +139,38 @@ def main(args: argparse.Namespace) -> int:
         report["rows"] = [{"label": r.label, "value": r.value, "ceiling": r.ceiling, "ratio": r.ratio,
                            "target": None if r.target is None else f"{r.target[0]} {r.target[1]}", "met": r.met}
                           for r in rows]
+        Path(args.json).write_text(json.dumps(jsonable(report), indent=2) + "\n")
+        say(f"figures written to {args.json}")
+    return 0
+
+
+def _soak_main(args: argparse.Namespace) -> int:
+    """``--soak MINUTES`` (:mod:`distdqn.bench.soak`): the run's flags are the bench's
+    ``--config``, ``--env``, ``--actors`` and ``--set``, checked here first."""
+    from distdqn.bench.soak import render_soak, soak
+
+    try:
+        if args.soak <= 0:
+            raise ConfigError("--soak", args.soak, "minutes > 0")
+        if args.soak_kill_period <= 0:
+            raise ConfigError("--soak-kill-period", args.soak_kill_period, "seconds > 0")
+        cfg = bench_config(args)
+        spaces_for(cfg)
+    except (ConfigError, EnvSpecError) as exc:
+        print(f"distdqn: error: {exc}", file=sys.stderr)
+        return 2
+    train_args = [a for attr, flag in (("config", "--config"), ("env", "--env"), ("actors", "--actors"))
+                  if getattr(args, attr, None) is not None for a in (flag, str(getattr(args, attr)))]
+    train_args += [a for kv in (getattr(args, "set", None) or []) for a in ("--set", kv)]
+    report: dict[str, Any] = {"mode": "soak", "env": cfg.env.id, "actors": cfg.actor.num_actors}
+    try:
+        with tempfile.TemporaryDirectory(prefix="distdqn-soak-") as tmp:
+            met = soak(float(args.soak), float(args.soak_kill_period), train_args, Path(tmp), report)
+    except BenchError as exc:
+        print(f"distdqn: error: {exc}", file=sys.stderr)
+        return 1
+    render_soak(report, met)
+    if args.json:
         Path(args.json).write_text(json.dumps(jsonable(report), indent=2) + "\n")
         say(f"figures written to {args.json}")
     return 0

@@ -217,8 +217,10 @@ class ActorPool:
     def all_delivered(self) -> bool:
         return all(h.delivered for h in self.handles)
 
-    def supervise(self, count_restart: Callable[[], int]) -> None:
+    def supervise(self, count_restart: Callable[[], int], keep: Callable[[Any], None] | None = None) -> None:
         """Restart actor processes that died (``count_restart()`` counts one and returns the total).
+        The whole chunks a dead actor had sent go to ``keep`` (counted as dropped when None):
+        its receiver reads its pipe to the end first, so only its unsent items are lost.
 
         Raises:
             ActorCrashLoopError: more than ``CRASH_LOOP_RESTARTS`` restarts within ``CRASH_LOOP_WINDOW_S``.
@@ -238,9 +240,18 @@ class ActorPool:
             total = count_restart()
             log.warning("actor %d died (exit code %s); restarting it (restart %d)", h.actor_id, h.proc.exitcode, total)
             h.proc.join(timeout=0)
-            self.drain(h)
+            self.collect(h, keep)
             h.generation += 1
             self.start(h)
+
+    def collect(self, h: ActorHandle, keep: Callable[[Any], None] | None) -> None:
+        """A dead actor's last chunks: empty its inbox until its receiver has read the pipe
+        to its end (a second at most; a half-written last message is discarded there)."""
+        deadline = time.perf_counter() + 1.0
+        while h.thread is not None and h.thread.is_alive() and time.perf_counter() < deadline:
+            self.drain(h, keep)
+            time.sleep(0.001)
+        self.drain(h, keep)
 
     def drain(self, h: ActorHandle, keep: Callable[[Any], None] | None = None) -> None:
         """Empty an inbox: each chunk goes to ``keep`` (a graceful stop inserts it, past the

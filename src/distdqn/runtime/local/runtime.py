@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -198,7 +198,7 @@ class LocalRuntime:
         self._next_supervise = now + SUPERVISE_PERIOD_S
         c = self.driver.c
         if not self.cfg.colocate:
-            self.actors.supervise(self._count_actor_restart)
+            self.actors.supervise(self._count_actor_restart, self._keep())
         if self.remote is None:
             return
         for rank in self.remote.dead():
@@ -209,7 +209,7 @@ class LocalRuntime:
             log.warning("learner %d died; restarting it", rank)
             if self.cfg.colocate:
                 c.actor_restarts += 1
-                self.actors.drain(self.actors.handles[rank])
+                self.actors.collect(self.actors.handles[rank], self._keep())
             self.remote.restart(rank, self.current_params())
 
     def _count_actor_restart(self) -> int:
@@ -229,11 +229,13 @@ class LocalRuntime:
             for reply in self.remote.results():
                 if "error" not in reply:
                     self._handle_reply(reply)
-        keep = None
-        if graceful and self.driver is not None:
-            d, replay, ps = self.driver, self.parts.replay, self.parts.ps
-            keep = lambda chunk: d.ledger.ingest(replay, chunk, ps.version)  # noqa: E731 - past the rate limiter
-        self.actors.shutdown(keep)
+        self.actors.shutdown(self._keep() if graceful and self.driver is not None else None)
+
+    def _keep(self) -> Callable[[Any], None]:
+        """Insert a chunk now, past the rate limiter (chunks in flight at a stop, or sent by
+        an actor that died: few, and never to be sent again)."""
+        d, replay, ps = self.driver, self.parts.replay, self.parts.ps
+        return lambda chunk: d.ledger.ingest(replay, chunk, ps.version)
 
     def close(self) -> None:
         pass
