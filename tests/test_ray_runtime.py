@@ -135,6 +135,32 @@ def test_ray_sync_learners_learn_in_lockstep(tmp_path, mode):
     assert s["learner_restarts"] == 0
 
 
+def test_ray_sync_group_forms_again_after_a_learner_is_killed(tmp_path):
+    """A sync learner SIGKILLed by Ray: its peer is restarted too, both begin again from the
+    newest checkpoint at a new rendezvous address, and learning goes on."""
+    kill = KillOnce("learner", at=5000)
+    cfg = cfg_of(preset="sync", total_env_steps=16_000, checkpoint_period=200, **{"learner.num_learners": 2})
+    s = run(cfg, tmp_path, on_poll=kill)
+    assert kill.updates_at_kill is not None
+    assert s["learner_restarts"] >= 2  # the killed learner and its peer
+    assert s["updates"] > kill.updates_at_kill + 200  # the group learned again after forming anew
+    assert s["accounting_ok"] and s["env_steps"] >= 16_000
+
+
+@pytest.mark.parametrize("kind, counter", [("replay", "replay_restarts"),
+                                            ("parameter_server", "parameter_server_restarts")])
+def test_ray_lost_replay_shard_or_parameter_server_is_restarted(tmp_path, kind, counter):
+    """Two shards, so that shards and the parameter server each have a process of their own:
+    the one killed comes back (from the newest checkpoint) and learning goes on."""
+    kill = KillOnce(kind, at=4000)
+    s = run(cfg_of(total_env_steps=14_000, checkpoint_period=200, **{"ray.replay_shards": 2}), tmp_path,
+            on_poll=kill)
+    assert kill.updates_at_kill is not None
+    assert s[counter] >= 1
+    assert s["updates"] > kill.updates_at_kill + 200
+    assert s["accounting_ok"] and s["env_steps"] >= 14_000
+
+
 def test_ray_two_replay_shards(tmp_path):
     s = run(cfg_of(total_env_steps=10_000, **{"ray.replay_shards": 2}), tmp_path)
     assert s["accounting_ok"] and s["inserted"] > 9_000

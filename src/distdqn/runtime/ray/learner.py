@@ -237,13 +237,13 @@ class LearnerRole:
     """
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, rank: int, ps: tuple[str, str],
-                 shards: tuple[tuple[str, str], ...], rendezvous: str | None = None):
+                 shards: tuple[tuple[str, str], ...]):
         import ray
 
         self._ray = ray
         role_setup(cfg.learner.torch_threads)
         self.cfg, self.spaces, self.rank = cfg, spaces, rank
-        self.rendezvous = rendezvous  # sync: where the group meets (tcp://HOST:PORT, the driver's pick)
+        self.rendezvous: str | None = None  # sync: where the group meets (tcp://HOST:PORT), given by begin()
         self.ps_at, self.shards_at = ps, shards
         self.learner = build_learner(cfg, spaces)
         self.incarnation = incarnation()
@@ -269,11 +269,13 @@ class LearnerRole:
         extra = {"collective": collective.DistCollective(), "batches": 1} if cfg.topology == "sync" else {}
         self.updater = make_updater(cfg, self.spaces, self.port, learners=[self.learner], **extra)
 
-    def begin(self, state: dict[str, Any] | None) -> None:
+    def begin(self, state: dict[str, Any] | None, rendezvous: str | None = None) -> None:
         """Start learning from ``state`` (a checkpointed learner state), or from the
-        parameter server's newest parameters when None."""
+        parameter server's newest parameters when None. ``rendezvous``: sync, where this
+        start's group meets (the driver picks a new one each time the group forms)."""
         if self._started:
             return
+        self.rendezvous = rendezvous
         if state is not None:
             self.learner.load_state_dict(state)
         self.port.begin(state)

@@ -65,6 +65,8 @@ class RayRuntime:
         self.roles: list[_Role] = []
         self.driver: Driver | None = None
         self._learner_ups: dict[int, int] = {}
+        self._waiting: dict[int, bool] = {}  # sync: learner rank -> waits unstarted for its group
+        self._reforming = False
 
     def _host(self, roles: list[tuple[str, type, tuple]], name: str | None = None, **options: Any) -> Any:
         """A :class:`RoleHost` Ray actor holding ``roles``."""
@@ -127,12 +129,11 @@ class RayRuntime:
             opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus}
             if not gpus:
                 opts["scheduling_strategy"] = self.here
-            rendezvous = _rendezvous() if cfg.topology == "sync" else None
+            sync = cfg.topology == "sync"
             self.learner_hs = [
-                RemoteRole(self._host([("learner", LearnerRole, (cfg, spaces, r, self.ps_at, self.shards_at,
-                                                                 rendezvous))],
+                RemoteRole(self._host([("learner", LearnerRole, (cfg, spaces, r, self.ps_at, self.shards_at))],
                                       # sync: rank 0 serves the group's store at the driver's address
-                                      **(dict(opts, scheduling_strategy=self.here) if rendezvous and r == 0 else opts)),
+                                      **(dict(opts, scheduling_strategy=self.here) if sync and r == 0 else opts)),
                            "learner")
                 for r in range(cfg.learner.num_learners)]
             self.learners_view.learners = list(self.learner_hs)
@@ -222,11 +223,10 @@ class RayRuntime:
                 raise NonFiniteLossError(f"learner {role.index}: {st['error']}")
             if restarted:
                 d.c.learner_restarts += 1
-                if self.cfg.topology == "sync":
-                    raise RunAborted(f"sync learner {role.index} was lost and restarted; its group cannot "
-                                     "re-form on Ray yet (the other learners' collectives failed with it)")
                 log.warning("learner %d was restarted; restoring it from the newest checkpoint", role.index)
-            if not st["started"]:
+            if self.cfg.topology == "sync":
+                self._sync_group(role, st, restarted)
+            elif not st["started"]:
                 role.role.begin.remote(self._learner_state(role.index, from_checkpoint=restarted))
             ups = st["updates"] if not self.ps_view.gradient_mode else st["pushed"]
             if role.index == 0:
@@ -237,6 +237,29 @@ class RayRuntime:
         elif role.kind == "actor" and restarted:
             d.c.actor_restarts += 1
             log.warning("actor %d was restarted (%d restarts)", role.index, d.c.actor_restarts)
+
+    def _sync_group(self, role: _Role, st: dict[str, Any], restarted: bool) -> None:
+        """Form the sync learners' group, and form it again after one of them was restarted:
+        its peers are restarted too (their collectives failed with it, or wait on it), and
+        once every learner waits unstarted, all begin together, from the newest checkpoint,
+        at a new rendezvous address."""
+        import ray
+
+        learners = [r for r in self.roles if r.kind == "learner"]
+        if restarted and not self._reforming:
+            self._reforming = True
+            log.warning("sync learner %d was lost: restarting its %d peers to form the group again",
+                        role.index, len(learners) - 1)
+            for r in learners:
+                if r is not role:
+                    ray.kill(r.handle, no_restart=False)
+        self._waiting[role.index] = not st["started"]
+        if len(self._waiting) == len(learners) and all(self._waiting.values()):
+            rendezvous = _rendezvous()
+            for r in learners:
+                r.role.begin.remote(self._learner_state(r.index, from_checkpoint=self._reforming), rendezvous)
+                self._waiting[r.index] = False
+            self._reforming = False
 
     def _poll(self, timeout: float) -> None:
         import ray
