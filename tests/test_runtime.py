@@ -155,9 +155,9 @@ def test_cli_bad_config_fails_fast(tmp_path):
 
 
 def test_cli_bad_choice_lists_allowed(tmp_path):
-    r = cli("train", "--set", "replay.kind=fifo", cwd=tmp_path)
+    r = cli("train", "--set", "replay.kind=lifo", cwd=tmp_path)
     assert r.returncode == 2
-    assert "replay.kind" in r.stderr and "prioritized" in r.stderr and "uniform" in r.stderr
+    assert "replay.kind" in r.stderr and "prioritized" in r.stderr and "uniform" in r.stderr and "fifo" in r.stderr
 
 
 def test_cli_unknown_env(tmp_path):

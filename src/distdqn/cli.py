@@ -159,7 +159,8 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
     print(
         f"done ({s['stop_reason']}): eval_return {ev_txt}{solved}; env_steps {s['env_steps']}, "
         f"updates {s['updates']}, {s['wall_time_s']:.1f}s, sps {s['sps']:.0f}, ups {s['ups']:.0f}; "
-        f"transitions produced {s['produced']} = inserted {s['inserted']} + rejected {s['rejected']} "
+        f"{'unrolls' if s.get('agent') == 'actor_critic' else 'transitions'} produced {s['produced']} = "
+        f"inserted {s['inserted']} + rejected {s['rejected']} "
         f"+ dropped {s['dropped']}; run dir {run_dir}"
     )
 

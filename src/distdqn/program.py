@@ -129,7 +129,7 @@ def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_s
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
     return Evaluator(cfg.env, build_network(cfg, spaces), derive_seed(cfg.seed, EVAL), cfg.eval.epsilon,
-                     trace=cfg.actor.trace_network)
+                     trace=cfg.actor.trace_network, greedy=build_agent(cfg, spaces).greedy)
 
 
 def build_parameter_server(cfg: ExperimentConfig, spaces: EnvSpaces) -> ParameterServer:

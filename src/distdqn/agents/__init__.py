@@ -1,4 +1,4 @@
-"""Agents: what is learned, and how (:mod:`distdqn.agents.base`). ``dqn`` today."""
+"""Agents: what is learned, and how (:mod:`distdqn.agents.base`): ``dqn`` and ``actor_critic``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from distdqn.config import ExperimentConfig
     from distdqn.envs import EnvSpaces
 
-AGENTS: dict[str, str] = {"dqn": "distdqn.agents.dqn.agent:DQNAgent"}
+AGENTS: dict[str, str] = {"dqn": "distdqn.agents.dqn.agent:DQNAgent",
+                          "actor_critic": "distdqn.agents.actor_critic.agent:ActorCriticAgent"}
 """``agent`` config value -> ``module:class``, imported when first asked for."""
 
 

@@ -93,6 +93,11 @@ class Agent(Protocol):
 
     def make_adder(self, num_envs: int, frame_dedup: bool, compute_priorities: bool) -> Adder: ...
 
+    def chunk_trigger(self, chunk_size: int, num_envs: int) -> int:
+        """The adder's ``num_recorded`` at which an actor cuts a chunk (``actor.chunk_size``
+        items at least)."""
+        ...
+
     def loss(self) -> LossFn: ...
 
     def greedy(self, outputs: torch.Tensor) -> torch.Tensor:

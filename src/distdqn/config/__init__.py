@@ -12,6 +12,7 @@ from distdqn.config.errors import ConfigError
 from distdqn.config.presets import AGENT_TOPOLOGIES, PRESETS, TOPOLOGY_DEFAULTS, Preset
 from distdqn.config.schema import (
     ActorConfig,
+    ActorCriticConfig,
     EnvConfig,
     EvalConfig,
     ExperimentConfig,
@@ -26,6 +27,7 @@ from distdqn.config.validate import error_buffer, sample_unit, validate
 __all__ = [
     "AGENT_TOPOLOGIES",
     "ActorConfig",
+    "ActorCriticConfig",
     "ConfigError",
     "EnvConfig",
     "EvalConfig",

@@ -22,9 +22,10 @@ PRESETS: dict[str, Preset] = {
     "apex": Preset("dqn", "apex", "Horgan et al. 2018"),
     "gorila": Preset("dqn", "gorila", "Nair et al. 2015"),
     "sync": Preset("dqn", "sync", "data-parallel SGD; local SGD / parameter averaging"),
+    "impala": Preset("actor_critic", "impala", "Espeholt et al. 2018"),
 }
 
-AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync")}
+AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync"), "actor_critic": ("impala",)}
 """Topologies each agent runs on."""
 
 TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -35,5 +36,11 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gorila": {"learner": {"num_learners": 2, "batches_per_sample": 1}},
     # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
     "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce", "batches_per_sample": 1}},
+    # IMPALA: unrolls through a bounded FIFO (each read once; a full queue pauses the actors)
+    # to one learner that publishes after every update. Sizes in unrolls.
+    "impala": {"replay": {"kind": "fifo", "capacity": 256, "min_replay_size": 32, "samples_per_insert": 0.0},
+               "actor": {"chunk_size": 4},
+               "learner": {"batch_size": 32, "batches_per_sample": 1, "publish_period": 1, "learning_rate": 1e-3,
+                           "max_grad_norm": 40.0}},
 }
 """Defaults that follow from the topology (applied under the preset and the user's values)."""

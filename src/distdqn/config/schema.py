@@ -76,7 +76,8 @@ class NetworkConfig:
 class ReplayConfig:
     """Experience replay and its rate limiter (see :mod:`distdqn.replay`)."""
 
-    kind: Literal["prioritized", "uniform"] = "prioritized"
+    kind: Literal["prioritized", "uniform", "fifo"] = "prioritized"
+    """``fifo``: a queue, each item read once, oldest first (IMPALA's unrolls)."""
     placement: Literal["central", "per_actor"] = "central"
     """One central replay, or one pool per actor that learners sample in proportion to size."""
     capacity: int = 100_000
@@ -239,19 +240,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ActorCriticConfig:
+    """The actor-critic agent (IMPALA, Espeholt et al. 2018; ``distdqn.agents.actor_critic``)."""
+
+    unroll_length: int = 20
+    """Steps per unroll (IMPALA's n)."""
+    rho_bar: float = 1.0
+    """V-trace: truncation of the importance weights in the temporal differences (rho-bar)."""
+    c_bar: float = 1.0
+    """V-trace: truncation of the trace coefficients c_i (c-bar)."""
+    rho_bar_pg: float = 1.0
+    """V-trace: truncation of the importance weight of the policy-gradient advantage."""
+    value_coef: float = 0.5
+    """Weight of the value (baseline) loss."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus."""
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: topology, runtime, budgets and each role's slice."""
 
-    preset: Literal["apex", "gorila", "sync"] = "apex"
+    preset: Literal["apex", "gorila", "sync", "impala"] = "apex"
     """A tested combination of agent and topology (:data:`PRESETS`); ``agent`` and
     ``topology`` override it."""
-    agent: Literal["dqn"] = "dqn"
-    """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER)."""
-    topology: Literal["apex", "gorila", "sync"] = "apex"
+    agent: Literal["dqn", "actor_critic"] = "dqn"
+    """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER),
+    ``actor_critic`` (policy and value, V-trace)."""
+    topology: Literal["apex", "gorila", "sync", "impala"] = "apex"
     """Which roles exist and how data flows (``distdqn.topologies``): ``apex`` (one learner
     applies its own updates and publishes parameters), ``gorila`` (learners push gradients to
     the parameter server, applied asynchronously), ``sync`` (learners all-reduce gradients or
-    average parameters with torch.distributed)."""
+    average parameters with torch.distributed), ``impala`` (actors send unrolls through a FIFO
+    to one learner that corrects their policy lag with V-trace and publishes parameters)."""
     runtime: Literal["serial", "local", "ray"] = "local"
     """``serial`` (one process, deterministic), ``local`` (processes on this machine) or
     ``ray`` (Ray actors on a private Ray instance or the cluster at ``ray.address``)."""
@@ -277,6 +298,7 @@ class ExperimentConfig:
     actor: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
+    actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -48,6 +48,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("topology", cfg.topology, ", ".join(allowed),
                           message=f"invalid config: agent={cfg.agent!r} with topology={cfg.topology!r}; "
                                   f"allowed with agent {cfg.agent}: topology one of {', '.join(allowed)}")
+    if cfg.agent == "dqn":
+        _check(cfg.replay.kind != "fifo", "replay.kind", cfg.replay.kind,
+               "prioritized or uniform with agent dqn (fifo reads each item once: for actor_critic)")
+    else:
+        _check(cfg.replay.kind != "prioritized", "replay.kind", cfg.replay.kind,
+               f"fifo or uniform with agent {cfg.agent} (its loss gives no priorities)")
+    if cfg.replay.kind == "fifo":  # the queue paces both sides: a limiter would wait on reads that cannot come
+        _check(cfg.replay.samples_per_insert == 0, "replay.samples_per_insert", cfg.replay.samples_per_insert,
+               "0 with replay.kind fifo (each item is read once; a full queue pauses the actors)")
     pos = "an integer > 0"
     _check(cfg.total_env_steps > 0, "total_env_steps", cfg.total_env_steps, pos)
     _check(cfg.checkpoint_period >= 0, "checkpoint_period", cfg.checkpoint_period, "an integer >= 0")

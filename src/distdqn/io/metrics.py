@@ -30,12 +30,14 @@ class MetricsLogger:
         deterministic: leave wall-clock columns out of the CSV (they still go to TensorBoard).
         progress: show a live progress display.
         append: append to an existing ``metrics.csv`` (resume).
+        extra_columns: the agent's own metrics, as columns after the common ones.
     """
 
     def __init__(self, run_dir: Path, total_env_steps: int, deterministic: bool = False,
-                 progress: bool = True, append: bool = False):
+                 progress: bool = True, append: bool = False, extra_columns: tuple[str, ...] = ()):
         self.run_dir = Path(run_dir)
         self.columns = [c for c in COLUMNS if not (deterministic and c in TIMING_COLUMNS)]
+        self.columns += [c for c in extra_columns if c not in self.columns]
         path = self.run_dir / "metrics.csv"
         new = not (append and path.exists())
         self._file = open(path, "w" if new else "a", newline="")
@@ -61,7 +63,7 @@ class MetricsLogger:
             self._progress.start()
 
     def log(self, row: dict[str, Any]) -> None:
-        clean = {k: _fmt(v) for k, v in row.items() if k in COLUMNS}
+        clean = {k: _fmt(v) for k, v in row.items() if k in self.columns}
         self._csv.writerow(clean)
         self._file.flush()
         step = int(row.get("env_steps", 0))

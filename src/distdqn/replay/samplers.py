@@ -207,6 +207,9 @@ class FifoSampler(UniformSampler):
         self.next_read = 0  # key of the oldest unread item
 
     def unread(self, storage: Storage) -> int:
+        # An insert past the room (a graceful stop drains in flight past every limit)
+        # overwrites the oldest unread items: they are skipped, never read twice.
+        self.next_read = max(self.next_read, storage.inserted - storage.capacity)
         return storage.inserted - self.next_read
 
     def can_sample(self, storage: Storage, n: int) -> bool:
@@ -217,7 +220,7 @@ class FifoSampler(UniformSampler):
 
     def draw(self, storage: Storage, batch_size: int, num_batches: int) -> tuple[np.ndarray, np.ndarray, None]:
         m = batch_size * num_batches
-        if self.unread(storage) < m:
+        if self.unread(storage) < m:  # (also skips overwritten items)
             raise ValueError(f"cannot read {m} items: the queue holds {self.unread(storage)} unread")
         keys = np.arange(self.next_read, self.next_read + m, dtype=np.int64)
         self.next_read += m

@@ -80,7 +80,7 @@ class Actor:
         self._episode_lengths: list[int] = []
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
-        self._chunk_trigger = cfg.chunk_size + self.num_envs * cfg.n_step
+        self._chunk_trigger = agent.chunk_trigger(cfg.chunk_size, self.num_envs)
 
     def _started(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` of sub-envs that all just started an episode (their reset frames numbered)."""
@@ -197,8 +197,6 @@ class Actor:
             if self.frames is not None:
                 self.frames.ids[done] = self.frames.episode_starts(reset_obs[done])
         self._obs = next_obs
-        # num_recorded bounds the complete items from above by at most E * n, so the chunk
-        # holds at least chunk_size of them.
         if self.adder.num_recorded >= self._chunk_trigger:
             return self._make_chunk()
         return None

@@ -42,6 +42,10 @@ def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise _EnvRaised(exc) from exc
 
 
+def _argmax(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.argmax(dim=1)
+
+
 class Evaluator:
     """Runs whole episodes with a fixed policy and reports their real (unclipped) returns.
 
@@ -50,20 +54,23 @@ class Evaluator:
 
     Args:
         env_cfg: environment (the same preprocessing as training).
-        network: a Q-network used for acting (parameters loaded per call).
+        network: the agent's network used for acting (parameters loaded per call).
         seed: root of the evaluation seeds.
         epsilon: exploration during evaluation.
         trace: act through a TorchScript trace of ``network`` (see
             :func:`distdqn.agents.inference.trace_for_inference`; the same values).
+        greedy: the agent's greedy actions ``[B]`` from the network's outputs (default:
+            their argmax, DQN's).
     """
 
     def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20,
-                 trace: bool = True):
+                 trace: bool = True, greedy: Callable[[torch.Tensor], torch.Tensor] | None = None):
         # Whole games: a lost life ends a training episode (episodic_life), never an evaluation.
         self.env_cfg = dataclasses.replace(env_cfg, episodic_life=False)
         self.net, self.seed, self.epsilon = network, seed, epsilon
         self.net.eval()
         self.max_parallel = max_parallel
+        self.greedy = greedy if greedy is not None else _argmax
         self.evaluations = 0
         self.env_restarts = 0
         """Envs closed and made again because one raised (the actors' ``env_restarts``)."""
@@ -122,7 +129,7 @@ class Evaluator:
         returns: list[float] = []
         while active.any():
             with torch.inference_mode():
-                greedy = policy(torch.from_numpy(np.asarray(obs))).argmax(dim=1).numpy()
+                greedy = self.greedy(policy(torch.from_numpy(np.asarray(obs)))).numpy()
             explore = rng.random(n) < self.epsilon
             actions = np.where(explore, rng.integers(num_actions, size=n), greedy)
             obs, _, term, trunc, info = _env_call(envs.step, actions)

@@ -36,6 +36,7 @@ from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from distdqn.io.metrics import MetricsLogger
+from distdqn.program import build_agent
 from distdqn.runtime.evaluation import EvalOutcome, EvalRunner, Evaluation
 from distdqn.runtime.ledger import Counters, Ledger
 from distdqn.runtime.report import Report
@@ -179,7 +180,8 @@ class Driver:
         self._wall_at_start = self.c.wall_time
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.metrics = MetricsLogger(self.run_dir, cfg.total_env_steps, deterministic=runtime.deterministic,
-                                     progress=cfg.progress, append=resume)
+                                     progress=cfg.progress, append=resume,
+                                     extra_columns=getattr(build_agent(cfg, spaces), "metric_columns", ()))
         self.report = Report(cfg, self.ledger, self.parts, lambda: self.updates, self.wall_time)
         self._last_ckpt_updates = self.updates
         self._next_log = (self.c.env_steps // cfg.serial_log_steps + 1) * cfg.serial_log_steps

@@ -19,7 +19,9 @@ __all__ = ["ApexUpdater", "GorilaUpdater", "SyncUpdater", "make_updater"]
 
 def make_updater(cfg: ExperimentConfig, spaces: EnvSpaces, ps: ParamsPort, **kwargs: Any) -> Updater:
     """The learning step of ``cfg.topology`` (``kwargs``: the updater's own, e.g. ``learners``)."""
-    cls = {"apex": ApexUpdater, "gorila": GorilaUpdater, "sync": SyncUpdater}[cfg.topology]
+    # IMPALA's learning step is Ape-X's (one learner, own updates, publication) on a FIFO
+    # replay of unrolls, whose loss gives no priorities.
+    cls = {"apex": ApexUpdater, "gorila": GorilaUpdater, "sync": SyncUpdater, "impala": ApexUpdater}[cfg.topology]
     if cls is ApexUpdater and "learners" in kwargs:
         (kwargs["learner"],) = kwargs.pop("learners")
     return cls(cfg, spaces, ps, **kwargs)

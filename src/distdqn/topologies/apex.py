@@ -50,7 +50,8 @@ class ApexUpdater:
     def step(self, replay: ReplayPort) -> bool:
         batch = replay.sample(self.cfg.learner.batch_size, self.k)
         outs = [self.learner.learn(part) for part in batch.split(self.k)]
-        replay.update_priorities(batch.keys, np.concatenate([o.priorities for o in outs]))
+        if outs[0].priorities is not None:  # IMPALA's loss gives none (a FIFO replay)
+            replay.update_priorities(batch.keys, np.concatenate([o.priorities for o in outs]))
         self.metrics = outs[-1].metrics
         period = self.cfg.learner.publish_period
         if self.learner.updates // period > (self.learner.updates - self.k) // period:

@@ -179,6 +179,11 @@ class DQNAgent:
         return NStepAdder(num_envs, self.cfg.actor.n_step, self.cfg.learner.gamma, self.item_spec(frame_dedup),
                           compute_priorities)
 
+    def chunk_trigger(self, chunk_size: int, num_envs: int) -> int:
+        """Items recorded before a chunk is cut: the adder's count bounds the complete
+        transitions from above by at most E x n, so a chunk holds at least ``chunk_size``."""
+        return chunk_size + num_envs * self.cfg.actor.n_step
+
     def loss(self):
         lr = self.cfg.learner
         return functools.partial(dqn_loss, double_dqn=lr.double_dqn, kind=lr.loss)

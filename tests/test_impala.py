@@ -1,0 +1,107 @@
+"""The actor-critic agent and the impala topology: unrolls, the acting policy, the loss, the
+preset, and learning CartPole (serial, env-step budget)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from distdqn.agents.actor_critic.agent import SoftmaxPolicy
+from distdqn.agents.actor_critic.unroll import UnrollAdder, unroll_spec
+from distdqn.config import ConfigError, from_dict
+from distdqn.program import build_actor, build_learner, build_replay, spaces_for
+
+
+def test_unrolls_cut_every_t_steps_and_mark_episode_ends():
+    adder = UnrollAdder(num_envs=2, unroll_length=3, gamma=0.9, spec=unroll_spec((1,), "float32", 3))
+    term = [np.array([False, False]), np.array([True, False]), np.array([False, False])]
+    trunc = [np.array([False, False]), np.array([False, True]), np.array([False, False])]
+    for t in range(3):
+        assert adder.pop_items() is None
+        obs = np.array([[t], [10 + t]], np.float32)
+        adder.add(obs, np.array([t, t]), np.array([1.0, 2.0]), obs + 0.5, term[t], trunc[t],
+                  behaviour_logp=np.array([-0.1, -0.2]))
+    assert adder.num_recorded == 2
+    data, priority = adder.pop_items()
+    assert priority is None and adder.num_recorded == 0
+    assert data["obs"].shape == (2, 3, 1) and data["action"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    np.testing.assert_allclose(data["discount"], [[0.9, 0.0, 0.9], [0.9, 0.9, 0.9]])  # terminated: 0
+    np.testing.assert_allclose(data["continues"], [[1, 0, 1], [1, 0, 1]])  # truncated ends the episode too
+    np.testing.assert_allclose(data["next_obs"][1, :, 0], [10.5, 11.5, 12.5])  # each step's own next obs
+    np.testing.assert_allclose(data["behaviour_logp"][0], [-0.1, -0.1, -0.1])
+
+
+def test_softmax_policy_samples_from_the_softmax_and_records_its_log_probability():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    net = lambda obs: torch.cat([logits.expand(obs.shape[0], -1), torch.zeros(obs.shape[0], 1)], dim=1)  # noqa: E731
+    pol = SoftmaxPolicy(net, num_envs=4000, rng=np.random.default_rng(0))
+    actions = pol.act(np.zeros((4000, 2), np.float32), 0)
+    want = torch.softmax(logits, dim=1).numpy()[0]
+    np.testing.assert_allclose(np.bincount(actions, minlength=3) / 4000, want, atol=0.02)
+    logp = pol.acting_values(actions)["behaviour_logp"]
+    np.testing.assert_allclose(logp, np.log(want)[actions], rtol=1e-5)
+
+
+def test_impala_preset_builds_a_fifo_of_unrolls_and_the_learner_steps_on_them():
+    cfg = from_dict({"preset": "impala", "runtime": "serial", "actor": {"num_actors": 1}})
+    assert (cfg.agent, cfg.topology, cfg.replay.kind) == ("actor_critic", "impala", "fifo")
+    spaces = spaces_for(cfg)
+    actor, replay, learner = build_actor(cfg, spaces, 0), build_replay(cfg, spaces), build_learner(cfg, spaces)
+    while not replay.can_sample(cfg.learner.batch_size):
+        chunk = actor.tick(lambda newer_than: None)
+        if chunk is not None:
+            assert len(chunk) == cfg.actor.chunk_size and chunk.priority is None
+            replay.insert(chunk)
+    before = learner.get_params()
+    out = learner.learn(replay.sample(cfg.learner.batch_size))
+    assert out.priorities is None
+    assert {"impala_loss", "pg_loss", "value_loss", "policy_entropy", "vtrace_rho_mean"} <= set(out.metrics)
+    assert out.metrics["vtrace_rho_mean"] == pytest.approx(1.0, abs=1e-4)  # on-policy: pi = mu
+    assert 0 < out.metrics["policy_entropy"] <= np.log(2) + 1e-6
+    assert not np.array_equal(before, learner.get_params())
+    assert not replay.can_sample(cfg.learner.batch_size)  # FIFO: each unroll read once
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"agent": "actor_critic"}, "topology"),
+    ({"preset": "impala", "topology": "apex"}, "topology"),
+    ({"preset": "impala", "network": {"dueling": True}}, "network.dueling"),
+])
+def test_invalid_actor_critic_combinations_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        cfg = from_dict(data)
+        build_learner(cfg, spaces_for(cfg))
+    assert err.value.key == key
+
+
+@pytest.mark.slow
+def test_impala_learns_cartpole_in_the_serial_runtime(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--preset", "impala", "--runtime", "serial",
+                        "--env", "CartPole-v1", "--total-env-steps", "200000", "--seed", "0", "--no-progress",
+                        "--run-dir", str(run), "--set", "eval.eval_period=10000"],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((run / "summary.json").read_text())
+    assert s["solved"] and s["final_eval_return"] >= 475, s
+    assert s["accounting_ok"] and s["dropped"] == 0
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"policy_entropy", "vtrace_rho_mean", "param_lag"} <= set(header)
+
+
+@pytest.mark.parametrize("data", [{"replay": {"kind": "fifo"}}, {"preset": "impala", "replay": {"kind": "prioritized"}}])
+def test_replay_kind_must_suit_the_agent(data):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert err.value.key == "replay.kind"
+
+
+def test_a_fifo_replay_takes_no_rate_limiter():
+    with pytest.raises(ConfigError) as err:
+        from_dict({"preset": "impala", "replay": {"samples_per_insert": 4}})
+    assert err.value.key == "replay.samples_per_insert"
