@@ -63,3 +63,12 @@ def test_soak_kills_actors_and_reports_rss_and_exact_accounting(tmp_path: Path) 
     assert rep["accounting"]["accounting_ok"] and rep["accounting"]["dropped"] == 0
     assert set(rep["rss_ratio"]) >= {"driver", "fork_server", "actors"}
     assert all(0.5 < v < 2.0 for v in rep["rss_ratio"].values())
+
+
+def test_impala_learning_row_times_the_learner_and_the_bare_vtrace_loop(tmp_path: Path) -> None:
+    from distdqn.bench.impala_learning import measure_impala_learning
+
+    cfg = from_dict({"preset": "impala", "progress": False})
+    out = measure_impala_learning(cfg, spaces_for(cfg), 0.4, tmp_path)
+    assert out["ups"] > 0 and out["ceiling_ups"] > 0
+    assert out["batch_size"] == 32 and out["unroll_length"] == 20

@@ -30,8 +30,12 @@ def measure_full_run(cfg: ExperimentConfig, spaces: EnvSpaces, budget: int, run_
 
 def throughput_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Path,
                      report: dict[str, Any]) -> list[Row]:
-    """Rows (a), (b), (c); their figures go into ``report``."""
-    coll = measure_collection_rounds(cfg, spaces, seconds, work)
+    """Rows (a), (b), (c); their figures go into ``report``. For the actor-critic agent,
+    (a) collects into a uniform replay (a FIFO that nobody reads would pause the actors)
+    and (b) is the impala learner against a bare V-trace loop."""
+    actor_critic = cfg.agent == "actor_critic"
+    coll_cfg = replace(cfg, **{"replay.kind": "uniform", "replay.capacity": 100_000}) if actor_critic else cfg
+    coll = measure_collection_rounds(coll_cfg, spaces, seconds, work)
     report["collection"] = coll
     a, e = cfg.actor.num_actors, cfg.env.envs_per_actor
     ceiling_sps = coll["ceiling_sps"]
@@ -39,10 +43,18 @@ def throughput_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, wo
                 f"(bare env + forward, {a} procs)", (">=", COLLECTION_TARGET))]
 
     say(f"(b) learning: learner step vs bare update loop, {seconds:g} s each")
-    learn = measure_learning(cfg, spaces, seconds, work / "learn")
+    if actor_critic:
+        from distdqn.bench.impala_learning import measure_impala_learning
+
+        learn = measure_impala_learning(cfg, spaces, seconds, work / "learn")
+        label = f"(b) learning: updates/s, {learn['batch_size']} unrolls of {learn['unroll_length']} steps"
+        ceiling = "(bare V-trace update)"
+    else:
+        learn = measure_learning(cfg, spaces, seconds, work / "learn")
+        label = f"(b) learning: updates/s, batch {learn['batch_size']}, replay {learn['replay_size']:,}"
+        ceiling = "(bare torch update)"
     report["learning"] = learn
-    rows.append(Row(f"(b) learning: updates/s, batch {learn['batch_size']}, replay {learn['replay_size']:,}",
-                    learn["ups"], learn["ceiling_ups"], "(bare torch update)", (">=", LEARNING_TARGET)))
+    rows.append(Row(label, learn["ups"], learn["ceiling_ups"], ceiling, (">=", LEARNING_TARGET)))
 
     spi = cfg.replay.samples_per_insert
     est = coll["sps"] if spi <= 0 else min(coll["sps"], learn["ups"] * cfg.learner.batch_size / spi)

@@ -39,7 +39,7 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # IMPALA: unrolls through a bounded FIFO (each read once; a full queue pauses the actors)
     # to one learner that publishes after every update. Sizes in unrolls.
     "impala": {"replay": {"kind": "fifo", "capacity": 256, "min_replay_size": 32, "samples_per_insert": 0.0},
-               "actor": {"chunk_size": 4},
+               "actor": {"chunk_size": 16},
                "learner": {"batch_size": 32, "batches_per_sample": 1, "publish_period": 1, "learning_rate": 1e-3,
                            "max_grad_norm": 40.0}},
 }
