@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,16 @@ def test_a_fifo_replay_takes_no_rate_limiter():
     with pytest.raises(ConfigError) as err:
         from_dict({"preset": "impala", "replay": {"samples_per_insert": 4}})
     assert err.value.key == "replay.samples_per_insert"
+
+
+@pytest.mark.slow
+def test_impala_runs_pong_end_to_end(tmp_path):
+    pytest.importorskip("ale_py")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--config", "configs/pong-impala.yaml",
+                        "--total-env-steps", "1500", "--no-progress", "--run-dir", str(run)],
+                       capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    s = json.loads((run / "summary.json").read_text())
+    assert s["env_steps"] >= 1500 and s["updates"] > 0 and s["accounting_ok"]
+    assert s["final_eval_return"] is not None

@@ -45,7 +45,7 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     """
     mode = cfg.replay.frame_dedup
     shape = tuple(spaces.obs_shape)
-    if mode == "off":
+    if mode == "off" or (mode == "auto" and cfg.agent == "actor_critic"):  # unrolls keep whole observations
         return False
     if mode == "on":
         if len(shape) != 3:
