@@ -161,6 +161,16 @@ def test_ray_lost_replay_shard_or_parameter_server_is_restarted(tmp_path, kind, 
     assert s["accounting_ok"] and s["env_steps"] >= 14_000
 
 
+def test_ray_impala_learns(tmp_path):
+    """The actor-critic agent on Ray: unrolls through a FIFO shard (a full one makes the
+    actors' inserts wait), the learner in its own process."""
+    cfg = cfg_of(preset="impala", total_env_steps=200_000,
+                 **{"eval.eval_period": 20_000, "eval.eval_episodes": 10, "eval.target_return": 150})
+    s = run(cfg, tmp_path)
+    assert s["final_eval_return"] >= 150, s
+    assert s["updates"] > 0 and s["accounting_ok"] and s["dropped"] == 0
+
+
 def test_ray_two_replay_shards(tmp_path):
     s = run(cfg_of(total_env_steps=10_000, **{"ray.replay_shards": 2}), tmp_path)
     assert s["accounting_ok"] and s["inserted"] > 9_000
