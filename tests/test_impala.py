@@ -1,5 +1,5 @@
-"""The actor-critic agent and the impala topology: unrolls, the acting policy, the loss, the
-preset, and learning CartPole (serial, env-step budget)."""
+"""The actor-critic agent and its topologies, impala and a3c: unrolls, the acting policy, the
+loss, the presets, A3C's pushed gradient, and learning CartPole (serial, env-step budget)."""
 
 from __future__ import annotations
 
@@ -119,3 +119,84 @@ def test_impala_runs_pong_end_to_end(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["env_steps"] >= 1500 and s["updates"] > 0 and s["accounting_ok"]
     assert s["final_eval_return"] is not None
+
+
+# ----------------------------------------------------------------------------- A3C
+
+
+def test_a3c_pushes_the_gradient_of_the_actor_critic_loss_on_its_own_rollout():
+    """The gradient a worker pushes equals the gradient of the same loss, computed in one
+    plain autograd pass on the same rollout with the same parameters."""
+    from distdqn.agents.actor_critic.loss import impala_loss
+    from distdqn.core import load_flat_params
+    from distdqn.program import build_network, build_parameter_server
+    from distdqn.topologies import make_updater
+
+    cfg = from_dict({"preset": "a3c", "runtime": "serial", "learner": {"max_grad_norm": None}})
+    spaces = spaces_for(cfg)
+    replay, ps = build_replay(cfg, spaces), build_parameter_server(cfg, spaces)
+    up = make_updater(cfg, spaces, ps)
+    actors = [build_actor(cfg, spaces, i) for i in range(2)]
+    while not up.can_step(replay):
+        for a in actors:
+            chunk = a.tick(lambda newer_than: None)
+            if chunk is not None:
+                replay.insert(chunk)
+    pushed = []
+    ps_apply = ps.apply_gradients
+    ps.apply_gradients = lambda grads, version: pushed.append(grads.clone()) or ps_apply(grads, version)
+    start = ps.get_params()[1].copy()
+    batch = replay.pools[0].sample(cfg.learner.batch_size)  # what worker 0 will read: its pool's oldest unrolls
+    replay.pools[0].sampler.next_read -= cfg.learner.batch_size  # put them back
+    up.step(replay)
+    net = build_network(cfg, spaces)
+    load_flat_params(net, start)
+    out = impala_loss(net, None, batch, **{k: getattr(cfg.actor_critic, k) for k in
+                                          ("rho_bar", "c_bar", "rho_bar_pg", "value_coef", "entropy_coef")})
+    out.loss.backward()
+    want = torch.cat([p.grad.reshape(-1) for p in net.state_dict(keep_vars=True).values() if p.requires_grad])
+    assert len(pushed) == 1 and pushed[0].shape == want.shape
+    torch.testing.assert_close(pushed[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a3c_workers_read_only_their_own_actors_rollouts():
+    from distdqn.program import build_parameter_server
+    from distdqn.topologies import make_updater
+
+    cfg = from_dict({"preset": "a3c", "runtime": "serial"})
+    spaces = spaces_for(cfg)
+    replay, ps = build_replay(cfg, spaces), build_parameter_server(cfg, spaces)
+    up = make_updater(cfg, spaces, ps)
+    actor0 = build_actor(cfg, spaces, 0)
+    while not replay.can_sample(cfg.learner.batch_size, pool=0):
+        chunk = actor0.tick(lambda newer_than: None)
+        if chunk is not None:
+            replay.insert(chunk)
+    assert up.can_step(replay)  # worker 0's turn, its pool has a rollout
+    up.step(replay)
+    assert not up.can_step(replay)  # worker 1's turn: actor 1 has sent nothing yet
+    assert ps.applied_updates == 1
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"preset": "a3c", "actor": {"num_actors": 3}}, "actor.num_actors"),
+    ({"preset": "a3c", "replay": {"placement": "central"}}, "replay.placement"),
+    ({"preset": "a3c", "runtime": "ray", "colocate": False}, "runtime"),
+])
+def test_invalid_a3c_configs_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert err.value.key == key
+
+
+@pytest.mark.slow
+def test_a3c_learns_cartpole_in_the_serial_runtime(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--preset", "a3c", "--runtime", "serial",
+                        "--env", "CartPole-v1", "--total-env-steps", "250000", "--seed", "0", "--no-progress",
+                        "--run-dir", str(run), "--set", "eval.eval_period=10000"],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((run / "summary.json").read_text())
+    assert s["solved"] and s["final_eval_return"] >= 475, s
+    assert s["accounting_ok"] and s["staleness_mean"] is not None

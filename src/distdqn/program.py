@@ -137,7 +137,7 @@ def build_parameter_server(cfg: ExperimentConfig, spaces: EnvSpaces) -> Paramete
     and target network (gorila). Initial parameters are the seeded network's."""
     net = build_network(cfg, spaces)
     initial = flat_params(net)
-    if cfg.topology == "gorila":
+    if cfg.topology in ("gorila", "a3c"):
         return ParameterServer(initial, network=net, learner_cfg=cfg.learner, ps_cfg=cfg.parameter_server)
     return ParameterServer(initial)
 

@@ -23,9 +23,10 @@ PRESETS: dict[str, Preset] = {
     "gorila": Preset("dqn", "gorila", "Nair et al. 2015"),
     "sync": Preset("dqn", "sync", "data-parallel SGD; local SGD / parameter averaging"),
     "impala": Preset("actor_critic", "impala", "Espeholt et al. 2018"),
+    "a3c": Preset("actor_critic", "a3c", "Mnih et al. 2016"),
 }
 
-AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync"), "actor_critic": ("impala",)}
+AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync"), "actor_critic": ("impala", "a3c")}
 """Topologies each agent runs on."""
 
 TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -42,5 +43,12 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
                "actor": {"chunk_size": 16},
                "learner": {"batch_size": 32, "batches_per_sample": 1, "publish_period": 1, "learning_rate": 1e-3,
                            "max_grad_norm": 40.0}},
+    # A3C: M workers, each an actor and a learner in one process (colocate), reading its own
+    # actor's FIFO pool of rollouts (t_max = unroll_length steps of each of its envs).
+    "a3c": {"colocate": True, "actor": {"num_actors": 2, "chunk_size": 4},
+            "replay": {"kind": "fifo", "placement": "per_actor", "capacity": 64, "min_replay_size": 4,
+                       "samples_per_insert": 0.0},
+            "learner": {"num_learners": 2, "batch_size": 4, "batches_per_sample": 1, "learning_rate": 1e-3,
+                        "max_grad_norm": 40.0}},
 }
 """Defaults that follow from the topology (applied under the preset and the user's values)."""

@@ -261,18 +261,20 @@ class ActorCriticConfig:
 class ExperimentConfig:
     """A whole experiment: topology, runtime, budgets and each role's slice."""
 
-    preset: Literal["apex", "gorila", "sync", "impala"] = "apex"
+    preset: Literal["apex", "gorila", "sync", "impala", "a3c"] = "apex"
     """A tested combination of agent and topology (:data:`PRESETS`); ``agent`` and
     ``topology`` override it."""
     agent: Literal["dqn", "actor_critic"] = "dqn"
     """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER),
     ``actor_critic`` (policy and value, V-trace)."""
-    topology: Literal["apex", "gorila", "sync", "impala"] = "apex"
+    topology: Literal["apex", "gorila", "sync", "impala", "a3c"] = "apex"
     """Which roles exist and how data flows (``distdqn.topologies``): ``apex`` (one learner
     applies its own updates and publishes parameters), ``gorila`` (learners push gradients to
     the parameter server, applied asynchronously), ``sync`` (learners all-reduce gradients or
     average parameters with torch.distributed), ``impala`` (actors send unrolls through a FIFO
-    to one learner that corrects their policy lag with V-trace and publishes parameters)."""
+    to one learner that corrects their policy lag with V-trace and publishes parameters),
+    ``a3c`` (workers, each an actor and a learner, push actor-critic gradients of their own
+    rollouts to the parameter server)."""
     runtime: Literal["serial", "local", "ray"] = "local"
     """``serial`` (one process, deterministic), ``local`` (processes on this machine) or
     ``ray`` (Ray actors on a private Ray instance or the cluster at ``ray.address``)."""

@@ -123,9 +123,16 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.topology == "apex":
         _check(lr.num_learners == 1, "learner.num_learners", lr.num_learners,
                "1 with topology apex (use --preset gorila or sync for several learners)")
+    if cfg.topology == "a3c":  # worker i: actor i and learner i, reading actor i's own pool
+        _check(a.num_actors == lr.num_learners, "actor.num_actors", a.num_actors,
+               f"equal to learner.num_learners ({lr.num_learners}) with topology a3c (one actor per worker)")
+        _check(r.placement == "per_actor", "replay.placement", r.placement,
+               "per_actor with topology a3c (each worker reads its own actor's rollouts)")
+        _check(cfg.runtime != "ray", "runtime", cfg.runtime, "serial or local with topology a3c (a3c on Ray "
+               "is not built yet)")
     if cfg.colocate:
-        _check(cfg.topology in ("gorila", "sync"), "colocate", cfg.colocate,
-               "false with topology apex (colocation pairs an actor with each gorila/sync learner)")
+        _check(cfg.topology in ("gorila", "sync", "a3c"), "colocate", cfg.colocate,
+               "false with topology apex or impala (colocation pairs an actor with each gorila/sync/a3c learner)")
         _check(a.num_actors == lr.num_learners, "actor.num_actors", a.num_actors,
                f"equal to learner.num_learners ({lr.num_learners}) when colocate is true")
     _check(lr.average_period >= 1, "learner.average_period", lr.average_period, pos)

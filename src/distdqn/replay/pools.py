@@ -66,9 +66,15 @@ class ReplayPools:
         return self.pools[0].beta
 
     def can_insert(self, n: int) -> bool:
-        return self.rate_limiter.can_insert(n, len(self))
+        """The shared rate limiter, and every pool's own room (FIFO pools: a full queue
+        pauses all actors until its reader catches up)."""
+        return self.rate_limiter.can_insert(n, len(self)) and all(p.can_insert(n) for p in self.pools)
 
-    def can_sample(self, batch_size: int) -> bool:
+    def can_sample(self, batch_size: int, pool: int | None = None) -> bool:
+        """Whether a batch can be drawn across the pools, or from pool ``pool`` alone (A3C:
+        each worker's learner reads its own actor's pool)."""
+        if pool is not None:
+            return self.pools[pool].can_sample(batch_size) and self.rate_limiter.can_sample(batch_size, len(self))
         return len(self) >= batch_size and self.rate_limiter.can_sample(batch_size, len(self))
 
     def insert(self, chunk: Chunk) -> np.ndarray:
@@ -77,16 +83,23 @@ class ReplayPools:
         self.rate_limiter.on_insert(len(chunk))
         return (np.int64(pool) << POOL_SHIFT) | keys
 
-    def sample(self, batch_size: int, num_batches: int = 1) -> Batch:
+    def sample(self, batch_size: int, num_batches: int = 1, pool: int | None = None) -> Batch:
         """``num_batches`` batches of ``batch_size`` transitions, each drawn across pools in
-        proportion to their sizes, laid out batch after batch (as :meth:`Replay.sample`).
+        proportion to their sizes, laid out batch after batch (as :meth:`Replay.sample`); or
+        one batch from pool ``pool`` alone.
 
         Raises:
-            ValueError: fewer than ``batch_size`` transitions stored in all, or ``num_batches < 1``.
+            ValueError: fewer than ``batch_size`` transitions stored in all (or in ``pool``),
+                or ``num_batches < 1``.
         """
         k = int(num_batches)
         if k < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        if pool is not None:
+            b = self.pools[pool].sample(batch_size, k)
+            b.keys = (np.int64(pool) << POOL_SHIFT) | b.keys
+            self.rate_limiter.on_sample(batch_size * k)
+            return b
         return self._sample_one(batch_size) if k == 1 else _concat([self._sample_one(batch_size) for _ in range(k)])
 
     def _sample_one(self, batch_size: int) -> Batch:

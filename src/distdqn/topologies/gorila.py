@@ -66,15 +66,22 @@ class GorilaUpdater:
             self.target_versions[i] = tgt[0]
             self.learners[i].set_target_params(tgt[1])
 
-    def step(self, replay: ReplayPort) -> bool:
-        i = self.turn % len(self.learners)
+    def _begin_turn(self, i: int) -> None:
         if i == 0:  # a new round: every learner pulls the newest parameters
             for k in range(len(self.learners)):
                 self._pull(k)
+
+    def _sample(self, replay: ReplayPort, i: int) -> Any:
+        return replay.sample(self.cfg.learner.batch_size)
+
+    def step(self, replay: ReplayPort) -> bool:
+        i = self.turn % len(self.learners)
+        self._begin_turn(i)
         self.turn += 1
-        batch = replay.sample(self.cfg.learner.batch_size)
+        batch = self._sample(replay, i)
         out = self.learners[i].compute_gradients(batch)
-        replay.update_priorities(batch.keys, out.priorities)
+        if out.priorities is not None:  # the actor-critic loss (A3C) gives none
+            replay.update_priorities(batch.keys, out.priorities)
         result = self.ps.apply_gradients(out.grads, self.versions[i])
         self.pushed += 1
         self.metrics = dict(out.metrics)

@@ -127,7 +127,7 @@ class LearnerService:
         except NonFiniteLossError as exc:
             reply["error"] = str(exc)
             return reply
-        (_, td_abs), = self.replay.priorities
+        td_abs = self.replay.priorities[0][1] if self.replay.priorities else None  # none: actor-critic
         self.replay.priorities.clear()
         reply.update(td_abs=td_abs, metrics=self.updater.metrics)
         if self.ps.pushed is not None:
@@ -309,9 +309,11 @@ class RemoteLearners:
                     self._send(lr, replay.sample(b))
                 sent += self.m
             return sent
+        own = self.cfg.topology == "a3c"  # each worker's learner reads its own actor's pool
         for lr in self.learners:
-            while lr.in_flight < IN_FLIGHT and not lr.broken and replay.can_sample(b):
-                if self._send(lr, replay.sample(b)):
+            pool = {"pool": lr.rank} if own else {}
+            while lr.in_flight < IN_FLIGHT and not lr.broken and replay.can_sample(b, **pool):
+                if self._send(lr, replay.sample(b, **pool)):
                     sent += 1
         return sent
 

@@ -75,7 +75,7 @@ class LocalRuntime:
             raise ValueError("collect_only needs replay.samples_per_insert=0 (no rate limiting)")
         self.cfg, self.spaces, self.collect_only = cfg, spaces, collect_only
         self.ctx = process_context()
-        self.remote_learning = cfg.topology in ("gorila", "sync") and not collect_only
+        self.remote_learning = cfg.topology in ("gorila", "sync", "a3c") and not collect_only
         self.shared = SharedParams(self.ctx, int(flat_params(build_network(cfg, spaces)).size))
         self.target_shared: SharedParams | None = None
         self.actors = ActorPool(self.ctx, cfg, spaces, self.shared, on_drop=self._drop)
@@ -173,7 +173,8 @@ class LocalRuntime:
         d, ps = self.driver, self.parts.ps
         if "error" in reply:
             raise NonFiniteLossError(f"learner {reply['rank']}: {reply['error']}")
-        self.parts.replay.update_priorities(reply["keys"], reply["td_abs"])
+        if reply["td_abs"] is not None:
+            self.parts.replay.update_priorities(reply["keys"], reply["td_abs"])
         d.report.learn_metrics = reply["metrics"]
         d.report.note_learner(int(reply["rank"]), reply["metrics"])
         if "grads" in reply:
