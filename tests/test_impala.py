@@ -181,7 +181,7 @@ def test_a3c_workers_read_only_their_own_actors_rollouts():
 @pytest.mark.parametrize("data, key", [
     ({"preset": "a3c", "actor": {"num_actors": 3}}, "actor.num_actors"),
     ({"preset": "a3c", "replay": {"placement": "central"}}, "replay.placement"),
-    ({"preset": "a3c", "runtime": "ray", "colocate": False}, "runtime"),
+    ({"preset": "a3c", "runtime": "ray", "ray": {"replay_shards": 1}}, "ray.replay_shards"),
 ])
 def test_invalid_a3c_configs_are_refused_naming_the_key(data, key):
     with pytest.raises(ConfigError) as err:

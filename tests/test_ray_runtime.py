@@ -171,6 +171,16 @@ def test_ray_impala_learns(tmp_path):
     assert s["updates"] > 0 and s["accounting_ok"] and s["dropped"] == 0
 
 
+def test_ray_a3c_learns(tmp_path):
+    """A3C on Ray: worker i's actor inserts into shard i, its learner reads shard i alone and
+    pushes gradients to the parameter server."""
+    cfg = cfg_of(preset="a3c", total_env_steps=200_000,
+                 **{"eval.eval_period": 20_000, "eval.eval_episodes": 10, "eval.target_return": 150})
+    s = run(cfg, tmp_path)
+    assert s["final_eval_return"] >= 150, s
+    assert s["updates"] > 0 and s["accounting_ok"] and s["staleness_mean"] is not None
+
+
 def test_ray_two_replay_shards(tmp_path):
     s = run(cfg_of(total_env_steps=10_000, **{"ray.replay_shards": 2}), tmp_path)
     assert s["accounting_ok"] and s["inserted"] > 9_000

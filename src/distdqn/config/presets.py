@@ -45,8 +45,10 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
                            "max_grad_norm": 40.0}},
     # A3C: M workers, each an actor and a learner in one process (colocate), reading its own
     # actor's FIFO pool of rollouts (t_max = unroll_length steps of each of its envs).
-    "a3c": {"colocate": True, "actor": {"num_actors": 2, "chunk_size": 4},
-            "replay": {"kind": "fifo", "placement": "per_actor", "capacity": 64, "min_replay_size": 4,
+    # On Ray each worker's actor and learner are Ray actors of their own, and the shards
+    # (one per worker) are the pools.
+    "a3c": {"colocate": True, "actor": {"num_actors": 2, "chunk_size": 4}, "ray": {"replay_shards": 2},
+            "replay": {"kind": "fifo", "placement": "per_actor", "capacity": 64, "min_replay_size": 8,
                        "samples_per_insert": 0.0},
             "learner": {"num_learners": 2, "batch_size": 4, "batches_per_sample": 1, "learning_rate": 1e-3,
                         "max_grad_norm": 40.0}},

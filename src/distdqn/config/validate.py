@@ -126,10 +126,13 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.topology == "a3c":  # worker i: actor i and learner i, reading actor i's own pool
         _check(a.num_actors == lr.num_learners, "actor.num_actors", a.num_actors,
                f"equal to learner.num_learners ({lr.num_learners}) with topology a3c (one actor per worker)")
-        _check(r.placement == "per_actor", "replay.placement", r.placement,
-               "per_actor with topology a3c (each worker reads its own actor's rollouts)")
-        _check(cfg.runtime != "ray", "runtime", cfg.runtime, "serial or local with topology a3c (a3c on Ray "
-               "is not built yet)")
+        if cfg.runtime == "ray":  # the shards are the workers' pools (placement does not apply)
+            _check(cfg.ray.replay_shards == lr.num_learners, "ray.replay_shards", cfg.ray.replay_shards,
+                   f"equal to learner.num_learners ({lr.num_learners}) with topology a3c on Ray (one shard per "
+                   "worker)")
+        else:
+            _check(r.placement == "per_actor", "replay.placement", r.placement,
+                   "per_actor with topology a3c (each worker reads its own actor's rollouts)")
     if cfg.colocate:
         _check(cfg.topology in ("gorila", "sync", "a3c"), "colocate", cfg.colocate,
                "false with topology apex or impala (colocation pairs an actor with each gorila/sync/a3c learner)")
@@ -143,8 +146,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(ry.max_restarts >= -1, "ray.max_restarts", ry.max_restarts, "-1 (unlimited) or an integer >= 0")
     _check(ry.num_cpus is None or ry.num_cpus >= 1, "ray.num_cpus", ry.num_cpus, "null or an integer > 0")
     if cfg.runtime == "ray":
-        _check(not cfg.colocate, "colocate", cfg.colocate, "false with runtime ray")
-        _check(r.placement == "central", "replay.placement", r.placement,
+        _check(not cfg.colocate or cfg.topology == "a3c", "colocate", cfg.colocate, "false with runtime ray")
+        _check(r.placement == "central" or cfg.topology == "a3c", "replay.placement", r.placement,
                "central with runtime ray (use ray.replay_shards to spread the replay)")
         _check(r.min_replay_size >= lr.batch_size * ry.replay_shards, "replay.min_replay_size", r.min_replay_size,
                f">= learner.batch_size x ray.replay_shards ({lr.batch_size * ry.replay_shards}): "

@@ -255,7 +255,7 @@ class LearnerRole:
     def attach(self, roles: dict[str, Any]) -> None:
         """Choose the ports: the roles of the same host directly, the others through Ray."""
         ray, cfg = self._ray, self.cfg
-        gradient = cfg.topology == "gorila"
+        gradient = cfg.topology in ("gorila", "a3c")
         if "parameter_server" in roles and not gradient:
             self.port: Any = LocalPublishPort(roles["parameter_server"], self.learner)
         else:
@@ -265,7 +265,9 @@ class LearnerRole:
             self.client: Any = LocalShardPort(roles["replay"])
         else:
             rng = np.random.default_rng([cfg.seed, 5, self.rank, self.incarnation & 0xFFFFFFFF])
-            self.client = ShardsClient(cfg, [RemoteRole(ray.get_actor(h), r) for h, r in self.shards_at], rng)
+            # a3c: worker i's learner reads shard i alone, where only its own actor inserts
+            shards = [self.shards_at[self.rank]] if cfg.topology == "a3c" else self.shards_at
+            self.client = ShardsClient(cfg, [RemoteRole(ray.get_actor(h), r) for h, r in shards], rng)
         extra = {"collective": collective.DistCollective(), "batches": 1} if cfg.topology == "sync" else {}
         self.updater = make_updater(cfg, self.spaces, self.port, learners=[self.learner], **extra)
 

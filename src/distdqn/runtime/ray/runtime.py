@@ -111,7 +111,7 @@ class RayRuntime:
                                               name=self.shard_names[i], num_cpus=0, scheduling_strategy=self.here),
                                    "replay") for i in range(n)]
             self.learner_hs = []
-        self.ps_view = _PSView(ps_h, gradient_mode=cfg.topology == "gorila")
+        self.ps_view = _PSView(ps_h, gradient_mode=cfg.topology in ("gorila", "a3c"))
         self.shards_view = _ShardsView(shard_hs)
         self.learners_view = _LearnersView(cfg, list(self.learner_hs), self.ps_view)
         self.parts = Parts(replay=self.shards_view, ps=self.ps_view, updater=self.learners_view)

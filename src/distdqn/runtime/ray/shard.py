@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from distdqn.config import ExperimentConfig
+from distdqn.config import ExperimentConfig, replace
 from distdqn.core import Batch, Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_replay
@@ -32,7 +32,9 @@ class ShardCore:
     """
 
     def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces, index: int = 0, num_shards: int = 1):
-        self.replay = build_replay(cfg, spaces, shard=index, num_shards=num_shards)
+        # On Ray the shards are the pools (a3c: one per worker): each shard is one replay.
+        central = replace(cfg, **{"replay.placement": "central"}) if cfg.replay.placement != "central" else cfg
+        self.replay = build_replay(central, spaces, shard=index, num_shards=num_shards)
         self.index = index
         self.last_seq: dict[tuple[int, int], int] = {}
         self.duplicates = 0
