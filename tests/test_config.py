@@ -357,3 +357,14 @@ def test_batches_per_sample_is_for_apex() -> None:
     with pytest.raises(ConfigError) as exc:
         from_dict({"learner": {"batches_per_sample": 0}})
     assert exc.value.key == "learner.batches_per_sample"
+
+
+def test_config_error_survives_pickling_with_its_fields():
+    """Ray hands a role's exceptions to the driver pickled."""
+    import pickle
+
+    from distdqn.config import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError("replay.capacity", 0, "an integer > 0")))
+    assert (err.key, err.value, err.allowed) == ("replay.capacity", 0, "an integer > 0")
+    assert str(err) == "invalid config: replay.capacity=0; allowed: an integer > 0"
