@@ -73,16 +73,10 @@ def flush(actor):
 
 
 def children(pid: int) -> set[int]:
-    """The child processes of ``pid`` (from ``/proc``; Linux)."""
-    from pathlib import Path
+    """The child processes of ``pid`` (``distdqn.bench.soak.children``, as a set)."""
+    from distdqn.bench.soak import children as soak_children
 
-    out = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out |= {int(x) for x in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return out
+    return set(soak_children(pid))
 
 
 def descendants(pid: int) -> set[int]:

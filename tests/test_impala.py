@@ -80,16 +80,23 @@ def test_invalid_actor_critic_combinations_are_refused_naming_the_key(data, key)
     assert err.value.key == key
 
 
-@pytest.mark.slow
-def test_impala_learns_cartpole_in_the_serial_runtime(tmp_path):
+def _train_serial(tmp_path: Path, preset: str, budget: int) -> tuple[dict, Path]:
+    """``distdqn train --preset PRESET --runtime serial`` on CartPole-v1, seed 0: the summary,
+    which must say solved (greedy eval >= 475 within ``budget`` env steps)."""
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--preset", "impala", "--runtime", "serial",
-                        "--env", "CartPole-v1", "--total-env-steps", "200000", "--seed", "0", "--no-progress",
+    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--preset", preset, "--runtime", "serial",
+                        "--env", "CartPole-v1", "--total-env-steps", str(budget), "--seed", "0", "--no-progress",
                         "--run-dir", str(run), "--set", "eval.eval_period=10000"],
                        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     s = json.loads((run / "summary.json").read_text())
     assert s["solved"] and s["final_eval_return"] >= 475, s
+    return s, run
+
+
+@pytest.mark.slow
+def test_impala_learns_cartpole_in_the_serial_runtime(tmp_path):
+    s, run = _train_serial(tmp_path, "impala", 200_000)
     assert s["accounting_ok"] and s["dropped"] == 0
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"policy_entropy", "vtrace_rho_mean", "param_lag"} <= set(header)
@@ -191,12 +198,5 @@ def test_invalid_a3c_configs_are_refused_naming_the_key(data, key):
 
 @pytest.mark.slow
 def test_a3c_learns_cartpole_in_the_serial_runtime(tmp_path):
-    run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "distdqn.cli", "train", "--preset", "a3c", "--runtime", "serial",
-                        "--env", "CartPole-v1", "--total-env-steps", "250000", "--seed", "0", "--no-progress",
-                        "--run-dir", str(run), "--set", "eval.eval_period=10000"],
-                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    s = json.loads((run / "summary.json").read_text())
-    assert s["solved"] and s["final_eval_return"] >= 475, s
+    s, _ = _train_serial(tmp_path, "a3c", 250_000)
     assert s["accounting_ok"] and s["staleness_mean"] is not None

@@ -28,7 +28,8 @@ RSS_TARGET = 1.1
 SAMPLE_S = 5.0
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``, sorted (from ``/proc``; Linux)."""
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -60,13 +61,13 @@ def run_processes(driver_pid: int) -> dict[str, list[int]]:
     """The run's processes by role: ``driver``, ``fork_server``, ``resource_tracker`` and
     ``actors`` (the fork server's children; evaluation runs in line in a soak)."""
     roles: dict[str, list[int]] = {"driver": [driver_pid], "fork_server": [], "resource_tracker": [], "actors": []}
-    for c in _children(driver_pid):
+    for c in children(driver_pid):
         cmd = _cmdline(c)
         if "resource_tracker" in cmd:
             roles["resource_tracker"].append(c)
         elif "forkserver" in cmd:
             roles["fork_server"].append(c)
-            roles["actors"] += _children(c)
+            roles["actors"] += children(c)
     return roles
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields, is_dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from distdqn.config.errors import ConfigError
 from distdqn.config.presets import AGENT_TOPOLOGIES
 
-if TYPE_CHECKING:
-    from distdqn.config.schema import ExperimentConfig
+_Config = Any
+"""An :class:`~distdqn.config.schema.ExperimentConfig` (which validates itself with this
+module when built, so this module does not import it back, not even for type checking)."""
 
 
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
@@ -36,7 +37,7 @@ def _check_literals(obj: Any, prefix: str) -> None:
             _check(math.isfinite(value), key, value, "a finite number")
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def validate(cfg: _Config) -> None:
     """Check every value; raise :class:`ConfigError` on the first invalid one.
 
     Includes the rate limiter's deadlock check: the error buffer must let at
@@ -158,14 +159,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(0.0 <= ev.epsilon <= 1.0, "eval.epsilon", ev.epsilon, "0 <= epsilon <= 1")
 
 
-def sample_unit(cfg: ExperimentConfig) -> int:
+def sample_unit(cfg: _Config) -> int:
     """Transitions sampled at once: ``batches_per_sample`` batches (apex), or one per learner
     for a synchronous round."""
     m = cfg.learner.num_learners if cfg.topology == "sync" else cfg.learner.batches_per_sample
     return cfg.learner.batch_size * m
 
 
-def error_buffer(cfg: ExperimentConfig) -> float:
+def error_buffer(cfg: _Config) -> float:
     """The rate limiter's error buffer, resolving the ``None`` default
     (4 x max(samples_per_insert, transitions per learning step))."""
     r = cfg.replay

@@ -41,17 +41,15 @@ class A3CUpdater(GorilaUpdater):
         super().__init__(cfg, spaces, ps, learners)
         self.own_pools = learners is None
 
-    def _pool(self) -> int | None:
-        return self.turn % len(self.learners) if self.own_pools else None
+    def _own(self, i: int) -> dict[str, int]:
+        """Where learner ``i`` reads: its own pool in one process, else the port's batches."""
+        return {"pool": i} if self.own_pools else {}
 
     def can_step(self, replay: ReplayPort) -> bool:
-        pool = self._pool()
-        b = self.cfg.learner.batch_size
-        return replay.can_sample(b) if pool is None else replay.can_sample(b, pool=pool)
+        return replay.can_sample(self.cfg.learner.batch_size, **self._own(self.turn % len(self.learners)))
 
     def _begin_turn(self, i: int) -> None:
         self._pull(i)  # the newest parameters, after this worker's previous push
 
     def _sample(self, replay: ReplayPort, i: int) -> Any:
-        b = self.cfg.learner.batch_size
-        return replay.sample(b) if not self.own_pools else replay.sample(b, pool=i)
+        return replay.sample(self.cfg.learner.batch_size, **self._own(i))
