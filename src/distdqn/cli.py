@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distdqn.config import PRESETS, ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml
+from distdqn.config import (
+    PRESETS,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+)
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -168,9 +175,9 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from distdqn.envs import EnvSpecError
     from distdqn.io.checkpoint import load_latest
     from distdqn.program import build_evaluator, spaces_for
-    from distdqn.envs import EnvSpecError
 
     run_dir = Path(args.run_dir)
     try:

@@ -9,8 +9,9 @@ hands out :class:`Batch` objects of the same fields. See ``docs/architecture.md`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,6 +164,10 @@ class Chunk:
         env_restarts: envs recreated after raising, while producing the chunk.
         frames: frame-deduplicated form only: the new frames (:class:`FrameBlock`).
         epsilon: the exploration rate the actor acted with at the chunk's end (for metrics).
+        dropped: items its producer had begun and threw away (a SEED env worker restarted:
+            its open n-step windows); counted as produced and dropped, never inserted.
+        stats: the producer's own metrics at the chunk's end (SEED's inference server:
+            ``inference_batch``, ``inference_latency_ms_p50``/``_p99``, ``env_step_share``).
     """
 
     data: dict[str, np.ndarray]
@@ -176,6 +181,8 @@ class Chunk:
     env_restarts: int = 0
     frames: FrameBlock | None = None
     epsilon: float | None = None
+    dropped: int = 0
+    stats: dict[str, float] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return _field_getattr(self, name)

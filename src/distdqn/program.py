@@ -16,7 +16,9 @@ from distdqn.envs import EnvSpaces, env_spaces, is_atari
 from distdqn.replay import Replay, make_replay
 from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
+from distdqn.roles.env_worker import EnvWorker
 from distdqn.roles.evaluator import Evaluator
+from distdqn.roles.inference import InferenceServer
 from distdqn.roles.learner import Learner, resolve_device
 from distdqn.roles.parameter_server import ParameterServer
 
@@ -28,7 +30,7 @@ def derive_seed(root: int, *path: int) -> int:
 
 
 # Seed namespaces.
-NET, ACTOR, REPLAY, EVAL = 1, 2, 3, 4
+NET, ACTOR, REPLAY, EVAL, ENV_WORKER = 1, 2, 3, 4, 5
 
 
 def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
@@ -95,6 +97,29 @@ def build_actor(cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generat
         frame_dedup=frame_dedup_enabled(cfg, spaces),
     )
     return Actor(spec, cfg.env, cfg.actor, build_agent(cfg, spaces), build_network(cfg, spaces))
+
+
+def build_env_worker(cfg: ExperimentConfig, worker_id: int, generation: int = 0) -> EnvWorker:
+    """SEED env worker ``worker_id`` (``actor.num_actors`` of them), its envs in
+    ``inference.splits`` halves; ``generation`` counts its restarts."""
+    rng = np.random.default_rng([derive_seed(cfg.seed, ENV_WORKER, worker_id, generation), 7])
+    return EnvWorker(cfg.env, cfg.inference.splits, rng, worker_id)
+
+
+def build_inference_server(cfg: ExperimentConfig, spaces: EnvSpaces, generation: int = 0) -> InferenceServer:
+    """SEED's inference server: one slot per half of each env worker (slot ``w * splits + h``),
+    on the learner's device; a slot's seed follows its worker's generation."""
+    num_slots = cfg.actor.num_actors * cfg.inference.splits
+    compute = cfg.replay.kind == "prioritized" and cfg.replay.initial_priority == "actor"
+    dedup = frame_dedup_enabled(cfg, spaces)
+
+    def spec_of(slot: int, worker_generation: int) -> ActorSpec:
+        return ActorSpec(actor_id=slot, num_actors=num_slots,
+                         seed=derive_seed(cfg.seed, ACTOR, slot, generation, worker_generation),
+                         gamma=cfg.learner.gamma, compute_priorities=compute, frame_dedup=dedup)
+
+    return InferenceServer(cfg, build_agent(cfg, spaces), build_network(cfg, spaces), num_slots, spec_of,
+                           learner_device(cfg, spaces))
 
 
 def learner_device(cfg: ExperimentConfig, spaces: EnvSpaces) -> torch.device:

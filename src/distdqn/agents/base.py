@@ -11,7 +11,8 @@ envs with the agent's policy and feeds its adder; the
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch

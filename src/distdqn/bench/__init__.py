@@ -11,11 +11,23 @@ and tests:
 
 from distdqn.bench.classic import measure_full_run, throughput_rows
 from distdqn.bench.cli import bench_config, bench_mode, main
-from distdqn.bench.collection import (bare_collector, measure_collection, measure_collection_ceiling,
-                                      measure_collection_rounds)
+from distdqn.bench.collection import (
+                                      bare_collector,
+                                      measure_collection,
+                                      measure_collection_ceiling,
+                                      measure_collection_rounds,
+)
 from distdqn.bench.common import SteadyState, random_transitions, steady_state, timed
 from distdqn.bench.learning import BareUpdate, measure_learning
-from distdqn.bench.replay_rows import FRAME, FRAME_BYTES, ReplaySpec, SyntheticActor, fill, measure_replay, rss_bytes
+from distdqn.bench.replay_rows import (
+                                      FRAME,
+                                      FRAME_BYTES,
+                                      ReplaySpec,
+                                      SyntheticActor,
+                                      fill,
+                                      measure_replay,
+                                      rss_bytes,
+)
 from distdqn.bench.report import BenchError, Row, render
 from distdqn.bench.solve import distdqn_time_to_solve, sb3_time_to_solve
 

@@ -14,6 +14,7 @@ from distdqn.bench.solve import solve_notes
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces
 
+
 def measure_full_run(cfg: ExperimentConfig, spaces: EnvSpaces, budget: int, run_dir: Path) -> dict[str, Any]:
     """(c): a normal ``run_local`` of ``cfg`` (periodic evaluation included) for
     ``total_env_steps=budget``; ``eval.target_return`` is cleared so that reaching it

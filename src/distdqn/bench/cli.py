@@ -40,15 +40,27 @@ from typing import Any
 import torch
 
 from distdqn.bench.classic import classic_notes, throughput_rows
-from distdqn.bench.common import QUICK_SECONDS, DEFAULT_SECONDS, REPLAY_CAPACITY, SOLVE_ENV
+from distdqn.bench.common import (
+    DEFAULT_SECONDS,
+    QUICK_SECONDS,
+    REPLAY_CAPACITY,
+    SOLVE_ENV,
+)
 from distdqn.bench.env_rows import env_notes, env_rows
 from distdqn.bench.report import BenchError, jsonable, render, say
 from distdqn.bench.solve import solve_notes, solve_rows
-from distdqn.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_yaml
+from distdqn.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+)
 from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpecError, is_atari
 from distdqn.program import learner_device, spaces_for
 from distdqn.runtime.local.processes import start_process_server
+
 
 def _parse_seeds(text: str) -> list[int]:
     try:

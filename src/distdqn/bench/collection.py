@@ -22,6 +22,7 @@ from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
 from distdqn.program import build_network
 
+
 def _steady_epsilons(cfg: ExperimentConfig, actor_id: int) -> np.ndarray:
     """Per-sub-env epsilon an actor uses once its schedule has settled (end of the linear
     decay, or its fixed Ape-X slice)."""

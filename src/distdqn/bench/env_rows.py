@@ -45,10 +45,19 @@ from typing import Any
 
 import numpy as np
 
-from distdqn.bench.collection import bare_collector, measure_collection, measure_collection_ceiling
+from distdqn.bench.collection import (
+    bare_collector,
+    measure_collection,
+    measure_collection_ceiling,
+)
 from distdqn.bench.common import LEARNING_TARGET
 from distdqn.bench.learning import measure_learning
-from distdqn.bench.replay_rows import FRAME_BYTES, ReplaySpec, measure_replay, proc_kb_field
+from distdqn.bench.replay_rows import (
+    FRAME_BYTES,
+    ReplaySpec,
+    measure_replay,
+    proc_kb_field,
+)
 from distdqn.bench.report import Row, say
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
@@ -64,7 +73,7 @@ MEMORY_HEADROOM = 1.3
 """(e, f) need this many times the replay's expected size free (MemAvailable), else the
 capacity is reduced (and the note says so)."""
 
-__all__ = ["ENV_COLLECTION_TARGET", "MEMORY_TARGET", "bare_env_stepper", "env_rows", "env_notes"]
+__all__ = ["ENV_COLLECTION_TARGET", "MEMORY_TARGET", "bare_env_stepper", "env_notes", "env_rows"]
 
 
 def bare_env_stepper(

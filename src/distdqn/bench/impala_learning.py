@@ -18,7 +18,13 @@ from distdqn.bench.common import LEARNING_ROUNDS
 from distdqn.config import ExperimentConfig, replace
 from distdqn.core import Chunk
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_network, build_parameter_server, build_replay, item_spec, learner_device
+from distdqn.program import (
+    build_network,
+    build_parameter_server,
+    build_replay,
+    item_spec,
+    learner_device,
+)
 from distdqn.roles.optim import make_optimizer
 from distdqn.runtime.local.shared import SharedParams
 from distdqn.topologies import make_updater

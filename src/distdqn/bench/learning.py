@@ -16,10 +16,17 @@ from distdqn.agents.dqn.spec import transition_chunk
 from distdqn.bench.common import FILL_LIMIT, LEARNING_ROUNDS, random_transitions, timed
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_network, build_parameter_server, build_replay, frame_dedup_enabled, learner_device
+from distdqn.program import (
+    build_network,
+    build_parameter_server,
+    build_replay,
+    frame_dedup_enabled,
+    learner_device,
+)
 from distdqn.roles.optim import make_optimizer
 from distdqn.runtime.local.shared import SharedParams
 from distdqn.topologies import make_updater
+
 
 class BareUpdate:
     """(b) ceiling: one double-DQN update on in-memory random batches, nothing else.

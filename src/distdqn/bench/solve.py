@@ -12,8 +12,14 @@ from typing import Any
 
 import torch
 
-from distdqn.bench.common import (SOLVE_BUDGET, SOLVE_ENV, SOLVE_EVAL_EPISODES, SOLVE_EVAL_PERIOD,
-                                  SOLVE_TARGET_RETURN, SOLVE_WALL_TARGET)
+from distdqn.bench.common import (
+    SOLVE_BUDGET,
+    SOLVE_ENV,
+    SOLVE_EVAL_EPISODES,
+    SOLVE_EVAL_PERIOD,
+    SOLVE_TARGET_RETURN,
+    SOLVE_WALL_TARGET,
+)
 from distdqn.bench.report import Row, say
 from distdqn.config import ExperimentConfig, from_dict
 from distdqn.program import spaces_for

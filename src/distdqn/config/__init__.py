@@ -7,8 +7,14 @@ overridden with ``key=value`` strings (:func:`apply_overrides`) and written back
 resolved (:func:`to_dict`).
 """
 
-from distdqn.config.loader import apply_overrides, from_dict, load_yaml, replace, to_dict
 from distdqn.config.errors import ConfigError
+from distdqn.config.loader import (
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    replace,
+    to_dict,
+)
 from distdqn.config.presets import AGENT_TOPOLOGIES, PRESETS, TOPOLOGY_DEFAULTS, Preset
 from distdqn.config.schema import (
     ActorConfig,
@@ -16,6 +22,7 @@ from distdqn.config.schema import (
     EnvConfig,
     EvalConfig,
     ExperimentConfig,
+    InferenceConfig,
     LearnerConfig,
     NetworkConfig,
     ParameterServerConfig,
@@ -26,20 +33,21 @@ from distdqn.config.validate import error_buffer, sample_unit, validate
 
 __all__ = [
     "AGENT_TOPOLOGIES",
+    "PRESETS",
+    "TOPOLOGY_DEFAULTS",
     "ActorConfig",
     "ActorCriticConfig",
     "ConfigError",
     "EnvConfig",
     "EvalConfig",
     "ExperimentConfig",
+    "InferenceConfig",
     "LearnerConfig",
     "NetworkConfig",
-    "PRESETS",
     "ParameterServerConfig",
     "Preset",
     "RayConfig",
     "ReplayConfig",
-    "TOPOLOGY_DEFAULTS",
     "apply_overrides",
     "error_buffer",
     "from_dict",

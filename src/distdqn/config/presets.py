@@ -22,11 +22,12 @@ PRESETS: dict[str, Preset] = {
     "apex": Preset("dqn", "apex", "Horgan et al. 2018"),
     "gorila": Preset("dqn", "gorila", "Nair et al. 2015"),
     "sync": Preset("dqn", "sync", "data-parallel SGD; local SGD / parameter averaging"),
+    "seed": Preset("dqn", "seed", "Espeholt et al. 2020"),
     "impala": Preset("actor_critic", "impala", "Espeholt et al. 2018"),
     "a3c": Preset("actor_critic", "a3c", "Mnih et al. 2016"),
 }
 
-AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync"), "actor_critic": ("impala", "a3c")}
+AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync", "seed"), "actor_critic": ("impala", "a3c")}
 """Topologies each agent runs on."""
 
 TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -37,6 +38,10 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gorila": {"learner": {"num_learners": 2, "batches_per_sample": 1}},
     # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
     "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce", "batches_per_sample": 1}},
+    # SEED RL: Ape-X's learning step; each env worker's envs in two halves of 4 (double
+    # buffering). A pass is due once one half of every worker waits (2 x 4 observations), so
+    # that the halves do not fall into step with each other.
+    "seed": {"env": {"envs_per_actor": 8}, "inference": {"max_batch": 8}},
     # IMPALA: unrolls through a bounded FIFO (each read once; a full queue pauses the actors)
     # to one learner that publishes after every update. Sizes in unrolls.
     "impala": {"replay": {"kind": "fifo", "capacity": 256, "min_replay_size": 32, "samples_per_insert": 0.0},

@@ -240,6 +240,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """SEED RL's central inference server (topology ``seed``; Espeholt et al. 2020).
+
+    Env workers are the ``actor.num_actors`` actors with ``env.envs_per_actor`` envs each;
+    the server batches their requests dynamically (as Sample Factory and TorchRL do)."""
+
+    max_batch: int = 64
+    """Observations at which a forward pass runs at once (a pass never takes more)."""
+    max_wait_ms: float = 1.0
+    """Longest wait of the oldest waiting request before a smaller batch runs, in ms."""
+    splits: int = 2
+    """Env groups per worker, stepped alternately (double buffering: one steps while the
+    other waits for its actions; Sample Factory's ``worker_num_splits``). 1 or 2."""
+
+
+@dataclass(frozen=True)
 class ActorCriticConfig:
     """The actor-critic agent (IMPALA, Espeholt et al. 2018; ``distdqn.agents.actor_critic``)."""
 
@@ -261,17 +277,19 @@ class ActorCriticConfig:
 class ExperimentConfig:
     """A whole experiment: topology, runtime, budgets and each role's slice."""
 
-    preset: Literal["apex", "gorila", "sync", "impala", "a3c"] = "apex"
+    preset: Literal["apex", "gorila", "sync", "seed", "impala", "a3c"] = "apex"
     """A tested combination of agent and topology (:data:`PRESETS`); ``agent`` and
     ``topology`` override it."""
     agent: Literal["dqn", "actor_critic"] = "dqn"
     """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER),
     ``actor_critic`` (policy and value, V-trace)."""
-    topology: Literal["apex", "gorila", "sync", "impala", "a3c"] = "apex"
+    topology: Literal["apex", "gorila", "sync", "seed", "impala", "a3c"] = "apex"
     """Which roles exist and how data flows (``distdqn.topologies``): ``apex`` (one learner
     applies its own updates and publishes parameters), ``gorila`` (learners push gradients to
     the parameter server, applied asynchronously), ``sync`` (learners all-reduce gradients or
-    average parameters with torch.distributed), ``impala`` (actors send unrolls through a FIFO
+    average parameters with torch.distributed), ``seed`` (env workers only step envs; one
+    inference server batches every worker's observations into one forward pass and builds the
+    items, learned from as apex does), ``impala`` (actors send unrolls through a FIFO
     to one learner that corrects their policy lag with V-trace and publishes parameters),
     ``a3c`` (workers, each an actor and a learner, push actor-critic gradients of their own
     rollouts to the parameter server)."""
@@ -301,6 +319,7 @@ class ExperimentConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -91,7 +91,7 @@ def validate(cfg: _Config) -> None:
     lr = cfg.learner
     _check(lr.batch_size >= 1, "learner.batch_size", lr.batch_size, pos)
     _check(lr.batches_per_sample >= 1, "learner.batches_per_sample", lr.batches_per_sample, pos)
-    _check(lr.batches_per_sample == 1 or cfg.topology == "apex", "learner.batches_per_sample",
+    _check(lr.batches_per_sample == 1 or cfg.topology in ("apex", "seed"), "learner.batches_per_sample",
            lr.batches_per_sample, f"1 with topology {cfg.topology} (several batches per sample is for apex)")
     _check(lr.batch_size <= r.min_replay_size <= r.capacity, "replay.min_replay_size",
            r.min_replay_size, f"learner.batch_size ({lr.batch_size}) <= value <= replay.capacity ({r.capacity})")
@@ -121,9 +121,9 @@ def validate(cfg: _Config) -> None:
     _check(lr.publish_period >= 1, "learner.publish_period", lr.publish_period, pos)
     _check(lr.torch_threads >= 1, "learner.torch_threads", lr.torch_threads, pos)
     _check(lr.num_learners >= 1, "learner.num_learners", lr.num_learners, pos)
-    if cfg.topology == "apex":
+    if cfg.topology in ("apex", "seed"):
         _check(lr.num_learners == 1, "learner.num_learners", lr.num_learners,
-               "1 with topology apex (use --preset gorila or sync for several learners)")
+               f"1 with topology {cfg.topology} (use --preset gorila or sync for several learners)")
     if cfg.topology == "a3c":  # worker i: actor i and learner i, reading actor i's own pool
         _check(a.num_actors == lr.num_learners, "actor.num_actors", a.num_actors,
                f"equal to learner.num_learners ({lr.num_learners}) with topology a3c (one actor per worker)")
@@ -153,6 +153,16 @@ def validate(cfg: _Config) -> None:
         _check(r.min_replay_size >= lr.batch_size * ry.replay_shards, "replay.min_replay_size", r.min_replay_size,
                f">= learner.batch_size x ray.replay_shards ({lr.batch_size * ry.replay_shards}): "
                "every shard must hold a batch")
+    inf = cfg.inference
+    _check(inf.max_batch >= 1, "inference.max_batch", inf.max_batch, pos)
+    _check(inf.max_wait_ms >= 0, "inference.max_wait_ms", inf.max_wait_ms, "a number of ms >= 0")
+    _check(inf.splits in (1, 2), "inference.splits", inf.splits, "1 or 2")
+    if cfg.topology == "seed":
+        _check(cfg.env.envs_per_actor % inf.splits == 0, "env.envs_per_actor", cfg.env.envs_per_actor,
+               f"a multiple of inference.splits ({inf.splits}) with topology seed (each worker's envs are "
+               "split into equal halves)")
+        _check(cfg.runtime != "ray", "runtime", cfg.runtime,
+               "serial or local with topology seed (its Ray runtime is not built yet)")
     ev = cfg.eval
     _check(ev.eval_period >= 0, "eval.eval_period", ev.eval_period, "an integer >= 0")
     _check(ev.eval_episodes >= 1, "eval.eval_episodes", ev.eval_episodes, pos)

@@ -40,7 +40,12 @@ def describe(cfg: ExperimentConfig) -> tuple[list[str], bool]:
             would refuse it).
     """
     from distdqn.envs.make import make_env
-    from distdqn.program import build_agent, build_network, frame_dedup_enabled, spaces_for
+    from distdqn.program import (
+        build_agent,
+        build_network,
+        frame_dedup_enabled,
+        spaces_for,
+    )
 
     spaces = spaces_for(cfg)
     env = make_env(cfg.env)

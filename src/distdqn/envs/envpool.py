@@ -94,7 +94,7 @@ def envpool_task_id(env_id: str, atari: bool) -> str:
     envpool = import_envpool()
     task = env_id
     if atari:
-        name = env_id[len("ALE/"):] if env_id.startswith("ALE/") else env_id
+        name = env_id.removeprefix("ALE/")
         name = name.split("NoFrameskip")[0].split("-v")[0]
         task = f"{name}-v5"
     available = list(envpool.list_all_envs())

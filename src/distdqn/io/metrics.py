@@ -18,7 +18,7 @@ COLUMNS = [
     "produced", "inserted", "rejected", "dropped",
 ]
 # Wall-clock columns: kept out of the CSV when it must be deterministic (serial runtime).
-TIMING_COLUMNS = {"wall_time", "sps", "ups"}
+TIMING_COLUMNS = {"wall_time", "sps", "ups", "inference_latency_ms_p50", "inference_latency_ms_p99", "env_step_share"}
 
 
 class MetricsLogger:
@@ -53,7 +53,13 @@ class MetricsLogger:
             print(f"warning: TensorBoard logging disabled ({exc})", file=sys.stderr)
         self._progress = None
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("[bold]env_steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

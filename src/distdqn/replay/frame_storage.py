@@ -468,4 +468,4 @@ class FrameStorage:
 def _gid_name(column: str) -> str:
     """The transition ring of a frame-stack field's newest-frame ids: ``obs_frame`` ->
     ``obs_gid``, ``next_frame`` -> ``next_gid``."""
-    return (column[: -len("_frame")] if column.endswith("_frame") else column) + "_gid"
+    return (column.removesuffix("_frame")) + "_gid"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 TOP_SEARCH_LEVEL = 11
 """Sampling searches the tree's first this many levels (2^11 nodes) with one cumulative sum
 and a binary search, then descends the rest level by level; scattered updates recompute

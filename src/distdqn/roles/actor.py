@@ -10,8 +10,9 @@ priorities come from the acting passes).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,16 +58,17 @@ class Actor:
             ``torch.inference_mode``).
     """
 
-    def __init__(self, spec: ActorSpec, env_cfg: EnvConfig, cfg: ActorConfig, agent: Agent, network: nn.Module):
+    def __init__(self, spec: ActorSpec, env_cfg: EnvConfig, cfg: ActorConfig, agent: Agent, network: nn.Module,
+                 runner: Any = None):
         self.spec, self.env_cfg, self.cfg = spec, env_cfg, cfg
         self.net = network
         self.net.eval()
-        self.num_envs = env_cfg.envs_per_actor
         self.rng = np.random.default_rng([spec.seed, 7])
         self.param_version = -1
         self._since_sync = 0
         self.frame_dedup = bool(spec.frame_dedup)
-        self.runner = EnvRunner(env_cfg, self.rng, owner=f"actor {spec.actor_id}")
+        self.runner = runner if runner is not None else EnvRunner(env_cfg, self.rng, owner=f"actor {spec.actor_id}")
+        self.num_envs = self.runner.num_envs
         self.obs_shape, self.obs_dtype = self.runner.obs_shape, self.runner.obs_dtype
         # Frame ids: one stream per actor instance (the seed differs per restart generation).
         stream = (int(spec.actor_id) << 32) | (int(spec.seed) & 0xFFFFFFFF)
@@ -118,6 +120,11 @@ class Actor:
         assert self.frames is not None
         self.frames.stream = int(stream)
 
+    @property
+    def obs(self) -> np.ndarray:
+        """``[E, *obs_shape]`` the observations the next actions are for."""
+        return self._obs
+
     def epsilons(self) -> np.ndarray:
         """``[E]`` the exploration rate of each sub-env now."""
         return self.policy.epsilons(self.env_steps)
@@ -164,9 +171,21 @@ class Actor:
 
     def step(self) -> Chunk | None:
         """One vector step. Returns a chunk once ``chunk_size`` items are ready, else None."""
+        actions = self.choose()
+        return self.observe(actions, self.runner.step(actions))
+
+    def choose(self, q: np.ndarray | None = None) -> np.ndarray:
+        """``[E]`` int64 actions for the current observations: from this actor's own forward
+        pass, or from ``q`` (``[E, A]`` outputs of a pass made elsewhere, e.g. SEED's central
+        inference)."""
+        if q is None:
+            return self.policy.act(self._obs, self.runner.env_steps)
+        return self.policy.choose(q, self.runner.env_steps)
+
+    def observe(self, actions: np.ndarray, out: tuple | None) -> Chunk | None:
+        """Record the runner's result ``out`` of ``actions`` (None: the env raised and was
+        recreated); returns a chunk once ``chunk_size`` items are ready, else None."""
         obs = self._obs
-        actions = self.policy.act(obs, self.runner.env_steps)
-        out = self.runner.step(actions)
         if out is None:  # the env raised and was recreated: its open items are gone
             self._chunk_restarts += 1
             self._obs = self._started(self.runner.obs_after_restart)
@@ -207,18 +226,24 @@ class Actor:
         waiting for their n-th step stay behind (an episode cut short has no n-step target)."""
         if self.adder.num_recorded == 0 and self._chunk_env_steps == 0:
             return None
-        return self._make_chunk()
+        return self._make_chunk(empty_ok=True)
 
-    def _make_chunk(self) -> Chunk | None:
+    def _make_chunk(self, empty_ok: bool = False) -> Chunk | None:
+        """The complete items as a chunk; with none, None (or, ``empty_ok``, a chunk of no
+        items that still carries the env steps and episodes since the last one)."""
         items = self.adder.pop_items()
+        frames = None
         if items is None:
-            return None
-        data, priority = items
+            if not empty_ok:
+                return None
+            data, priority = {}, None  # frames not yet sent belong to items never to be sent
+        else:
+            data, priority = items
+            frames = self.frames.take() if self.frames is not None else None
         chunk = Chunk(data=data, spec=self.adder.spec, priority=priority, actor_id=self.spec.actor_id,
                       param_version=self.param_version, episode_returns=self._episode_returns,
                       episode_lengths=self._episode_lengths, env_steps=self._chunk_env_steps,
-                      env_restarts=self._chunk_restarts,
-                      frames=self.frames.take() if self.frames is not None else None, epsilon=self.epsilon())
+                      env_restarts=self._chunk_restarts, frames=frames, epsilon=self.epsilon())
         self._episode_returns, self._episode_lengths = [], []
         self._chunk_env_steps = 0
         self._chunk_restarts = 0

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from distdqn.agents.inference import trace_for_inference
 from distdqn.config import EnvConfig
 from distdqn.core import load_flat_params
 from distdqn.envs import make_vector_env
-from distdqn.agents.inference import trace_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     so that errors of distdqn's own code are never mistaken for an env crash."""
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - a user's env may raise anything
+    except Exception as exc:
         raise _EnvRaised(exc) from exc
 
 

@@ -4,7 +4,8 @@ and the in-line evaluator (the :class:`~distdqn.roles.evaluator.Evaluator` role)
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import numpy as np
 

@@ -66,13 +66,18 @@ class IngestStats:
     param_versions: list[int] = field(default_factory=list)
     epsilons: dict[int, float] = field(default_factory=dict)
     """The newest exploration rate each actor reported (actor id -> epsilon)."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """The newest producer metrics (:attr:`Chunk.stats`)."""
 
     def add(self, chunk: Chunk, inserted: int, rejected: int, dropped: int = 0) -> None:
-        """Count one chunk whose items were inserted, rejected (non-finite) or dropped."""
-        self.produced += len(chunk)
+        """Count one chunk whose items were inserted, rejected (non-finite) or dropped (here,
+        or by its producer: :attr:`Chunk.dropped`)."""
+        self.produced += len(chunk) + chunk.dropped
         self.inserted += inserted
         self.rejected += rejected
-        self.dropped += dropped
+        self.dropped += dropped + chunk.dropped
+        if chunk.stats:
+            self.stats.update(chunk.stats)
         self.env_steps += chunk.env_steps
         self.env_restarts += chunk.env_restarts
         self.episode_returns.extend(float(r) for r in chunk.episode_returns)
@@ -116,6 +121,8 @@ class Ledger:
         self.recent_lengths: deque[int] = deque(maxlen=20)
         self.param_lag: deque[int] = deque(maxlen=100)
         self.epsilons: dict[int, float] = {}
+        self.stats: dict[str, float] = {}
+        """The newest producer metrics (metrics-row columns)."""
 
     def account(self, s: IngestStats, param_version: int) -> None:
         """Add chunk bookkeeping done here or elsewhere (a Ray replay shard); ``param_version``
@@ -132,6 +139,7 @@ class Ledger:
         self.recent_lengths.extend(s.episode_lengths)
         self.param_lag.extend(param_version - v for v in s.param_versions)
         self.epsilons.update(s.epsilons)
+        self.stats.update(s.stats)
 
     def ingest(self, replay: Any, chunk: Chunk, param_version: int) -> None:
         """Account for a chunk, refuse non-finite items, insert the rest."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,7 @@ class Report:
             "dropped": c.dropped,
         }
         row.update(self.learn_metrics)
+        row.update(led.stats)
         for rank, entry in self.per_learner.items():
             done = int(entry["replies"])
             if dt >= 0.2:

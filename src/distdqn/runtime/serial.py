@@ -4,6 +4,8 @@ uninterrupted one). The base of most tests and the first place to debug."""
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,13 @@ import torch
 
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_actor, build_parameter_server, build_replay
+from distdqn.program import (
+    build_actor,
+    build_env_worker,
+    build_inference_server,
+    build_parameter_server,
+    build_replay,
+)
 from distdqn.runtime.driver import Driver, Parts, drive
 from distdqn.topologies import make_updater
 
@@ -35,7 +43,8 @@ class SerialRuntime:
         replay = build_replay(cfg, spaces)
         ps = build_parameter_server(cfg, spaces)
         self.parts = Parts(replay=replay, ps=ps, updater=make_updater(cfg, spaces, ps))
-        self.actors = [build_actor(cfg, spaces, i) for i in range(cfg.actor.num_actors)]
+        self.seed = SerialSeed(cfg, spaces) if cfg.topology == "seed" else None
+        self.actors = [] if self.seed else [build_actor(cfg, spaces, i) for i in range(cfg.actor.num_actors)]
         self.turn = 0
         self.driver: Driver | None = None
 
@@ -45,6 +54,7 @@ class SerialRuntime:
         self.turn = int(extra.get("turn", 0))
 
     def checkpoint_extra(self) -> dict[str, Any]:
+        # seed: the env workers start new episodes on resume (not bit-identical)
         return {"actors": [a.state_dict() for a in self.actors], "turn": self.turn}
 
     def start(self, driver: Driver) -> None:
@@ -57,11 +67,14 @@ class SerialRuntime:
 
     def pump(self) -> bool:
         replay, ps, up = self.parts.replay, self.parts.ps, self.parts.updater
-        actor = self.actors[self.turn % len(self.actors)]
         self.turn += 1
-        chunk = None
-        while chunk is None:
-            chunk = actor.tick(ps.get_params)
+        if self.seed is not None:
+            chunk = self.seed.next_chunk(ps.get_params)
+        else:
+            actor = self.actors[(self.turn - 1) % len(self.actors)]
+            chunk = None
+            while chunk is None:
+                chunk = actor.tick(ps.get_params)
         while not replay.can_insert(len(chunk)):
             self._learn()
         self.driver.ledger.ingest(replay, chunk, ps.version)
@@ -91,12 +104,65 @@ class SerialRuntime:
     def close(self) -> None:
         for a in self.actors:
             a.close()
+        if self.seed is not None:
+            self.seed.close()
 
     def build(self) -> None:
         pass  # built with the runtime: the actors' checkpointed state needs them
 
     def abort(self) -> None:
         self.close()
+
+
+class SerialSeed:
+    """SEED's env workers and inference server in this process, in a fixed order: per round
+    and per half h, one batched pass (at most ``inference.max_batch`` observations each) for
+    half h of every worker, then each worker steps its half h. Parameters are synced every
+    ``actor.param_sync_period`` rounds."""
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces):
+        self.cfg = cfg
+        self.splits = cfg.inference.splits
+        self.workers = [build_env_worker(cfg, w) for w in range(cfg.actor.num_actors)]
+        self.server = build_inference_server(cfg, spaces)
+        for w, worker in enumerate(self.workers):
+            for h in range(self.splits):
+                self.server.open(w * self.splits + h, 0, worker.reset(h))
+        self.pending: collections.deque = collections.deque()
+        self.rounds = 0
+
+    def next_chunk(self, fetch: Callable[[int], tuple[int, np.ndarray] | None]) -> Any:
+        """The next chunk any slot completes (``fetch`` reads newer parameters, as for actors)."""
+        while not self.pending:
+            if self.rounds % self.cfg.actor.param_sync_period == 0 or self.server.version < 0:
+                got = fetch(self.server.version)
+                if got is not None:
+                    self.server.set_params(*got)
+            self.rounds += 1
+            for h in range(self.splits):
+                self._half(h)
+        return self.pending.popleft()
+
+    def _half(self, h: int) -> None:
+        server, s = self.server, self.splits
+        slots = [w * s + h for w in range(len(self.workers))]
+        actions: list[np.ndarray] = []
+        group: list[int] = []
+        for k in slots:
+            if group and (len(group) + 1) * server.num_envs(k) > self.cfg.inference.max_batch:
+                actions += server.infer(group)
+                group = []
+            group.append(k)
+        actions += server.infer(group)
+        for k, a in zip(slots, actions):
+            chunk = server.observe(k, self.workers[k // s].step(h, a))
+            if chunk is not None:
+                chunk.stats = {"inference_batch": server.mean_batch()}
+                self.pending.append(chunk)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
 
 
 def run_serial(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, resume: bool = False) -> dict[str, Any]:

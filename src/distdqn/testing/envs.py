@@ -32,16 +32,16 @@ from gymnasium import spaces
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 __all__ = [
+    "FRAME_STACKED_IDS",
+    "TESTING_ENV_IDS",
     "ChainEnv",
     "CrashingCartPole",
-    "NaNObsCartPole",
-    "FRAME_STACKED_IDS",
     "FramesEnv",
+    "NaNObsCartPole",
     "NaNRewardCartPole",
-    "TESTING_ENV_IDS",
+    "crash_state",
     "frame_info",
     "make_stacked_frames",
-    "crash_state",
     "reset_crash_state",
 ]
 

@@ -20,9 +20,10 @@ __all__ = ["A3CUpdater", "ApexUpdater", "GorilaUpdater", "SyncUpdater", "make_up
 
 def make_updater(cfg: ExperimentConfig, spaces: EnvSpaces, ps: ParamsPort, **kwargs: Any) -> Updater:
     """The learning step of ``cfg.topology`` (``kwargs``: the updater's own, e.g. ``learners``)."""
-    # IMPALA's learning step is Ape-X's (one learner, own updates, publication) on a FIFO
+    # SEED learns as Ape-X does (its actors are inference slots). IMPALA's learning step is
+    # Ape-X's (one learner, own updates, publication) on a FIFO
     # replay of unrolls, whose loss gives no priorities.
-    cls = {"apex": ApexUpdater, "gorila": GorilaUpdater, "sync": SyncUpdater, "impala": ApexUpdater,
+    cls = {"apex": ApexUpdater, "gorila": GorilaUpdater, "sync": SyncUpdater, "seed": ApexUpdater, "impala": ApexUpdater,
            "a3c": A3CUpdater}[cfg.topology]
     if cls is ApexUpdater and "learners" in kwargs:
         (kwargs["learner"],) = kwargs.pop("learners")

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from distdqn.agents.dqn.nstep import NStepAdder
 from distdqn.agents.dqn.loss import dqn_loss
 from distdqn.agents.dqn.networks import make_network, network_kind
-from distdqn.agents.inference import trace_for_inference
+from distdqn.agents.dqn.nstep import NStepAdder
 from distdqn.agents.dqn.spec import transition_spec
+from distdqn.agents.inference import trace_for_inference
 from distdqn.config import ActorConfig, ExperimentConfig
 from distdqn.core import ItemSpec
 from distdqn.envs import EnvSpaces
@@ -39,7 +39,7 @@ def apex_epsilons(num: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray
     return base ** (1.0 + alpha * i / (num - 1))
 
 
-def linear_epsilon(step: int | float, start: float, end: float, decay_steps: int) -> float:
+def linear_epsilon(step: float, start: float, end: float, decay_steps: int) -> float:
     """Linear decay from ``start`` to ``end`` over ``decay_steps`` env steps, then constant
     (Mnih et al. 2015, "Methods: Training details")."""
     frac = min(1.0, max(0.0, step / decay_steps))
@@ -106,6 +106,11 @@ class EpsilonGreedy:
         """Epsilon-greedy actions ``[E]`` int64 for ``obs`` ``[E, *obs_shape]``."""
         with torch.inference_mode():
             q = self.policy(torch.from_numpy(obs)).numpy()
+        return self.choose(q, env_steps)
+
+    def choose(self, q: np.ndarray, env_steps: int) -> np.ndarray:
+        """Epsilon-greedy actions ``[E]`` int64 from Q-values ``q`` ``[E, A]`` computed
+        elsewhere (one batched pass for many actors: SEED RL's central inference)."""
         greedy = q.argmax(axis=1)
         self._q = q
         # One uniform draw per env decides both: explore if u < eps, and then u / eps is

@@ -25,7 +25,8 @@ import queue as queue_mod
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,6 +146,7 @@ class ActorHandle:
 
     def __init__(self, actor_id: int):
         self.actor_id = actor_id
+        self.label = f"actor {actor_id}"
         self.generation = 0
         self.proc: Any = None
         self.inbox: queue_mod.Queue | None = None
@@ -172,11 +174,12 @@ class ActorPool:
         self._pipe_bytes = chunk_bytes(cfg, spaces)
         self._restart_times: collections.deque[float] = collections.deque()
         self._rr = 0
+        self.inbox_chunks = INBOX_CHUNKS
 
     def attach(self, h: ActorHandle, reader: Any, proc: Any) -> None:
         """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
         h.proc = proc
-        h.inbox = queue_mod.Queue(maxsize=INBOX_CHUNKS)
+        h.inbox = queue_mod.Queue(maxsize=self.inbox_chunks)
         h.thread = threading.Thread(target=receive, args=(reader, h.inbox, self.halt, self.arrived),
                                     name=f"distdqn-recv-{h.actor_id}", daemon=True)
         h.thread.start()
@@ -184,14 +187,16 @@ class ActorPool:
     def start(self, h: ActorHandle) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
         size_pipe(reader, self._pipe_bytes)
-        proc = self.ctx.Process(
-            target=actor_main,
-            args=(h.actor_id, h.generation, self.cfg, self.spaces, self.params, writer, self.stop_event,
-                  expected_parent(self.ctx)),
-            name=f"distdqn-actor-{h.actor_id}", daemon=True)
+        target, args, name = self._process(h, writer)
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         proc.start()  # the handle keeps only a started process (shutdown joins it)
         writer.close()  # only the actor holds the write end: its exit means EOF for us
         self.attach(h, reader, proc)
+
+    def _process(self, h: ActorHandle, writer: Any) -> tuple[Callable[..., None], tuple, str]:
+        """What the process that sends ``h``'s chunks down ``writer`` runs: target, args, name."""
+        return actor_main, (h.actor_id, h.generation, self.cfg, self.spaces, self.params, writer, self.stop_event,
+                            expected_parent(self.ctx)), f"distdqn-actor-{h.actor_id}"
 
     def start_all(self) -> None:
         for h in self.handles:
@@ -226,7 +231,7 @@ class ActorPool:
             ActorCrashLoopError: more than ``CRASH_LOOP_RESTARTS`` restarts within ``CRASH_LOOP_WINDOW_S``.
         """
         now = time.perf_counter()
-        for h in self.handles:
+        for h in self.supervised():
             if h.proc is None or h.proc.is_alive() or self.stop_event.is_set():
                 continue
             self._restart_times.append(now)
@@ -235,14 +240,18 @@ class ActorPool:
             if len(self._restart_times) > CRASH_LOOP_RESTARTS:
                 raise ActorCrashLoopError(
                     f"actor processes keep dying ({len(self._restart_times)} restarts in the last "
-                    f"{CRASH_LOOP_WINDOW_S:.0f} s; actor {h.actor_id} exit code {h.proc.exitcode}); "
+                    f"{CRASH_LOOP_WINDOW_S:.0f} s; {h.label} exit code {h.proc.exitcode}); "
                     "see the actor errors above")
             total = count_restart()
-            log.warning("actor %d died (exit code %s); restarting it (restart %d)", h.actor_id, h.proc.exitcode, total)
+            log.warning("%s died (exit code %s); restarting it (restart %d)", h.label, h.proc.exitcode, total)
             h.proc.join(timeout=0)
             self.collect(h, keep)
             h.generation += 1
             self.start(h)
+
+    def supervised(self) -> list[ActorHandle]:
+        """The processes :meth:`supervise` restarts (the actors)."""
+        return self.handles
 
     def collect(self, h: ActorHandle, keep: Callable[[Any], None] | None) -> None:
         """A dead actor's last chunks: empty its inbox until its receiver has read the pipe
@@ -295,7 +304,7 @@ class ActorPool:
             time.sleep(0.01)
         for h in handles:
             if h.proc is not None and h.proc.is_alive():
-                log.warning("actor %d did not stop in %.0fs; killing it", h.actor_id, JOIN_GRACE_S)
+                log.warning("%s did not stop in %.0fs; killing it", h.label, JOIN_GRACE_S)
                 h.proc.kill()
             if h.proc is not None:
                 h.proc.join(timeout=5)

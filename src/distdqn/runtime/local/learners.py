@@ -27,8 +27,9 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +85,6 @@ class SharedParamsPort:
 
     def apply_gradients(self, grads: torch.Tensor, based_on_version: int) -> None:
         self.pushed = (grads.numpy(), int(based_on_version))
-        return None
 
     def set_params(self, flat: np.ndarray) -> None:
         if self.publishes:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from distdqn.runtime.local.actors import ActorPool
 from distdqn.runtime.local.evaluator import EvalProcess
 from distdqn.runtime.local.learners import RemoteLearners
 from distdqn.runtime.local.processes import process_context
+from distdqn.runtime.local.seed import SeedPool
 from distdqn.runtime.local.shared import SharedParams
 from distdqn.topologies import make_updater
 
@@ -78,7 +80,8 @@ class LocalRuntime:
         self.remote_learning = cfg.topology in ("gorila", "sync", "a3c") and not collect_only
         self.shared = SharedParams(self.ctx, int(flat_params(build_network(cfg, spaces)).size))
         self.target_shared: SharedParams | None = None
-        self.actors = ActorPool(self.ctx, cfg, spaces, self.shared, on_drop=self._drop)
+        pool = SeedPool if cfg.topology == "seed" else ActorPool
+        self.actors = pool(self.ctx, cfg, spaces, self.shared, on_drop=self._drop)
         self.remote: RemoteLearners | None = None
         self.evaluator: EvalProcess | None = None
         self.driver: Driver | None = None

@@ -33,7 +33,13 @@ from distdqn.envs import EnvSpaces
 from distdqn.program import build_learner
 from distdqn.runtime import collective
 from distdqn.runtime.codec import batch_from_numpy
-from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, RemoteRole, incarnation, role_setup
+from distdqn.runtime.ray.common import (
+    LOST_ERRORS,
+    STOP_GRACE_S,
+    RemoteRole,
+    incarnation,
+    role_setup,
+)
 from distdqn.runtime.ray.shard import LocalShardPort
 from distdqn.topologies import make_updater
 
@@ -197,7 +203,6 @@ class RayParamsPort:
         self._settle(block=True)
         self._push = self.handle.push_gradients.remote(grads.numpy(), self.incarnation, based_on_version,
                                                        self._target_version)
-        return None
 
 
 class LocalPublishPort:
@@ -295,7 +300,7 @@ class LearnerRole:
                     up.step(client)
         except NonFiniteLossError as exc:
             self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported, then the process exits for Ray to restart it
+        except Exception as exc:
             log.exception("learner %d failed", self.rank)
             self.error = f"{type(exc).__name__}: {exc}"
             os._exit(1)

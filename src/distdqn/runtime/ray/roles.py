@@ -16,7 +16,13 @@ from distdqn.config import ExperimentConfig
 from distdqn.core import Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, build_parameter_server
-from distdqn.runtime.ray.common import LOST_ERRORS, STOP_GRACE_S, RemoteRole, incarnation, role_setup
+from distdqn.runtime.ray.common import (
+    LOST_ERRORS,
+    STOP_GRACE_S,
+    RemoteRole,
+    incarnation,
+    role_setup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +221,7 @@ class ActorRole:
                 last = self.actor.flush()
                 if last is not None:
                     self._deliver(last, seq, self._insert(seq, last))
-        except Exception as exc:  # noqa: BLE001 - reported, then the process exits for Ray to restart it
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("actor %d failed", self.source[0])
             os._exit(1)

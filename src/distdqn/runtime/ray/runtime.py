@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,18 @@ from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import load_latest
 from distdqn.runtime.driver import Driver, Parts, RunAborted
 from distdqn.runtime.ray.common import LOST_ERRORS, RemoteRole, RoleHost, incarnation
-from distdqn.runtime.ray.driver import (POLL_S, ROLE_LOST_S, _call_all, _init_ray, _LearnersView, _rendezvous,
-                                        _learner_gets_gpu, _PSView, _Role, _ShardsView)
+from distdqn.runtime.ray.driver import (
+    POLL_S,
+    ROLE_LOST_S,
+    _call_all,
+    _init_ray,
+    _learner_gets_gpu,
+    _LearnersView,
+    _PSView,
+    _rendezvous,
+    _Role,
+    _ShardsView,
+)
 from distdqn.runtime.ray.learner import LearnerRole
 from distdqn.runtime.ray.roles import ActorRole, ParameterServerRole
 from distdqn.runtime.ray.shard import ReplayShardRole
