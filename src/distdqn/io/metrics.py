@@ -37,7 +37,8 @@ class MetricsLogger:
                  progress: bool = True, append: bool = False, extra_columns: tuple[str, ...] = ()):
         self.run_dir = Path(run_dir)
         self.columns = [c for c in COLUMNS if not (deterministic and c in TIMING_COLUMNS)]
-        self.columns += [c for c in extra_columns if c not in self.columns]
+        self.columns += [c for c in extra_columns
+                         if c not in self.columns and not (deterministic and c in TIMING_COLUMNS)]
         path = self.run_dir / "metrics.csv"
         new = not (append and path.exists())
         self._file = open(path, "w" if new else "a", newline="")
