@@ -18,7 +18,7 @@ from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
 from distdqn.roles.env_worker import EnvWorker
 from distdqn.roles.evaluator import Evaluator
-from distdqn.roles.inference import InferenceServer
+from distdqn.roles.inference import SEED_COLUMNS, InferenceServer
 from distdqn.roles.learner import Learner, resolve_device
 from distdqn.roles.parameter_server import ParameterServer
 
@@ -120,6 +120,13 @@ def build_inference_server(cfg: ExperimentConfig, spaces: EnvSpaces, generation:
 
     return InferenceServer(cfg, build_agent(cfg, spaces), build_network(cfg, spaces), num_slots, spec_of,
                            learner_device(cfg, spaces))
+
+
+def metric_columns(cfg: ExperimentConfig, spaces: EnvSpaces) -> tuple[str, ...]:
+    """Metrics-row columns beyond the common ones: the agent's, and the inference server's
+    with topology seed."""
+    cols = tuple(getattr(build_agent(cfg, spaces), "metric_columns", ()))
+    return cols + (SEED_COLUMNS if cfg.topology == "seed" else ())
 
 
 def learner_device(cfg: ExperimentConfig, spaces: EnvSpaces) -> torch.device:

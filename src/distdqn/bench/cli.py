@@ -48,6 +48,7 @@ from distdqn.bench.common import (
 )
 from distdqn.bench.env_rows import env_notes, env_rows
 from distdqn.bench.report import BenchError, jsonable, render, say
+from distdqn.bench.seed_rows import seed_notes, seed_rows
 from distdqn.bench.solve import solve_notes, solve_rows
 from distdqn.config import (
     ConfigError,
@@ -86,7 +87,7 @@ def bench_config(args: argparse.Namespace) -> ExperimentConfig:
 def bench_mode(cfg: ExperimentConfig, rows: str = "auto") -> str:
     """``classic`` (rows a-d, :mod:`distdqn.bench.classic`) or ``env`` (:mod:`distdqn.bench.env_rows`); ``auto``:
     env for Atari ids and the envpool backend, classic otherwise."""
-    if rows in ("classic", "env"):
+    if rows in ("classic", "env", "seed"):
         return rows
     return "env" if is_atari(cfg.env.id) or cfg.env.backend == "envpool" else "classic"
 
@@ -104,7 +105,10 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("--seconds", seconds, "a number > 0")
         cfg = bench_config(args)
         mode = bench_mode(cfg, getattr(args, "rows", None) or "auto")
-        solve = not args.skip_solve and not quick and (mode == "classic" or cfg.env.id == SOLVE_ENV)
+        solve = not args.skip_solve and not quick and mode != "seed" and (mode == "classic" or cfg.env.id == SOLVE_ENV)
+        seed_envs = tuple(_parse_seeds(getattr(args, "seed_envs", None) or "4,16,64"))
+        if any(e < 2 or e % 2 for e in seed_envs):
+            raise ConfigError("--seed-envs", getattr(args, "seed_envs", None), "even env counts >= 2, e.g. 4,16,64")
         seeds = _parse_seeds(args.seeds) if solve else []
         capacity = int(getattr(args, "replay_capacity", None) or REPLAY_CAPACITY)
         if capacity < 10_000:
@@ -129,7 +133,9 @@ def main(args: argparse.Namespace) -> int:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp:
-            if mode == "env":
+            if mode == "seed":
+                rows = seed_rows(cfg, spaces, float(seconds), Path(tmp), report, seed_envs)
+            elif mode == "env":
                 rows = env_rows(cfg, spaces, float(seconds), Path(tmp), report, capacity)
             else:
                 rows = throughput_rows(cfg, spaces, float(seconds), Path(tmp), report)
@@ -139,7 +145,9 @@ def main(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, BenchError) as exc:
         print(f"distdqn: error: {exc}", file=sys.stderr)
         return 1
-    if mode == "env":
+    if mode == "seed":
+        notes = seed_notes(cfg, report)
+    elif mode == "env":
         notes = env_notes(cfg, spaces, report) + solve_notes(cfg, report)
     else:
         notes = classic_notes(cfg, report)

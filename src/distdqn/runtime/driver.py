@@ -36,8 +36,7 @@ from distdqn.core import NonFiniteLossError
 from distdqn.envs import EnvSpaces
 from distdqn.io.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from distdqn.io.metrics import MetricsLogger
-from distdqn.program import build_agent
-from distdqn.roles.inference import SEED_COLUMNS
+from distdqn.program import metric_columns
 from distdqn.runtime.evaluation import EvalOutcome, EvalRunner, Evaluation
 from distdqn.runtime.ledger import Counters, Ledger
 from distdqn.runtime.report import Report
@@ -182,7 +181,7 @@ class Driver:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.metrics = MetricsLogger(self.run_dir, cfg.total_env_steps, deterministic=runtime.deterministic,
                                      progress=cfg.progress, append=resume,
-                                     extra_columns=self._extra_columns(cfg, spaces))
+                                     extra_columns=metric_columns(cfg, spaces))
         self.report = Report(cfg, self.ledger, self.parts, lambda: self.updates, self.wall_time)
         self._last_ckpt_updates = self.updates
         self._next_log = (self.c.env_steps // cfg.serial_log_steps + 1) * cfg.serial_log_steps
@@ -191,12 +190,6 @@ class Driver:
         """Runtime-specific figures added to ``summary.json`` (e.g. Ray's start-up time)."""
 
     # ------------------------------------------------------------------ state
-
-    @staticmethod
-    def _extra_columns(cfg: ExperimentConfig, spaces: EnvSpaces) -> tuple[str, ...]:
-        """The agent's metrics columns, and the inference server's with topology seed."""
-        cols = tuple(getattr(build_agent(cfg, spaces), "metric_columns", ()))
-        return cols + (SEED_COLUMNS if cfg.topology == "seed" else ())
 
     @property
     def updates(self) -> int:

@@ -5,7 +5,7 @@ Transport:
 
 - Each env worker's observations, rewards, episode ends and actions live in one
   preallocated shared-memory block (:class:`WorkerBlock`, one region per half); only
-  9-byte messages (kind, half, worker generation) travel on the worker's duplex pipe, as
+  10-byte messages (kind, half, worker generation) travel on the worker's duplex pipe, as
   raw bytes (no pickling per step).
 - The server sends the chunks it builds down a pipe to the driver, as an actor does: the
   driver's :class:`SeedPool` is an :class:`~distdqn.runtime.local.actors.ActorPool` whose

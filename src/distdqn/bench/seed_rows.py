@@ -1,0 +1,99 @@
+"""``distdqn bench --rows seed``: SEED RL's central inference against Ape-X's actors.
+
+For each envs-per-worker count (``--seed-envs``, default 4, 16, 64) both topologies collect
+with the learner idle (``run_local(collect_only=True)``, steady state from ``metrics.csv``),
+with the same env, the same worker processes and the same total envs, in alternating runs
+(apex, seed, apex, seed) of one sitting. The seed figure is set against the apex one
+(target on CPU: seed >= 1.2 x apex at 64 envs per worker on CartPole). seed passes take one
+half of every worker (``inference.max_batch`` = workers x envs / 2), so the row at 64 envs
+per worker and 2 workers runs batches of 64; its metrics give the inference round trip as
+the env workers see it (target p50 <= 1 ms at batch 64 with the CartPole MLP).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distdqn.bench.collection import measure_collection
+from distdqn.bench.report import Row, say
+from distdqn.config import ExperimentConfig, replace
+from distdqn.envs import EnvSpaces, is_atari
+
+ROUNDS = 2
+SEED_ENVS = (4, 16, 64)
+
+
+def topology_config(cfg: ExperimentConfig, topology: str, envs: int) -> ExperimentConfig:
+    """``cfg`` (apex) as ``topology`` with ``envs`` envs per worker; seed passes batch one
+    half of every worker."""
+    c = replace(cfg, **{"env.envs_per_actor": envs})
+    if topology == "apex":
+        return c
+    return replace(c, **{"preset": "seed", "topology": "seed",
+                         "inference.max_batch": max(1, cfg.actor.num_actors * envs // 2)})
+
+
+def _latency(run_dir: Path) -> dict[str, float | None]:
+    """The last logged inference figures of a seed run."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("inference_latency_ms_p50")]
+    if not rows:
+        return {"p50": None, "p99": None, "batch": None, "env_step_share": None}
+    last = rows[-1]
+
+    def num(key: str) -> float | None:
+        return float(last[key]) if last.get(key) else None
+
+    return {"p50": num("inference_latency_ms_p50"), "p99": num("inference_latency_ms_p99"),
+            "batch": num("inference_batch"), "env_step_share": num("env_step_share")}
+
+
+def seed_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Path, report: dict[str, Any],
+              envs_list: tuple[int, ...] = SEED_ENVS) -> list[Row]:
+    """The rows (module docstring); figures into ``report["seed"]``."""
+    rows: list[Row] = []
+    out: dict[str, Any] = {}
+    cartpole = cfg.env.id == "CartPole-v1"
+    for envs in envs_list:
+        runs: dict[str, list[float]] = {"apex": [], "seed": []}
+        lat = None
+        for r in range(ROUNDS):
+            for topo in ("apex", "seed"):
+                c = topology_config(cfg, topo, envs)
+                d = work / f"seed-rows-{envs}-{topo}-{r}"
+                say(f"seed rows: {topo}, {cfg.actor.num_actors} workers x {envs} envs, round {r + 1}/{ROUNDS}")
+                # sizes the run's budget (at least `seconds` measured): the last rate seen
+                seen = runs[topo] or runs["apex"]
+                expected = float(np.mean(seen)) if seen else (2_000.0 if is_atari(cfg.env.id) else 20_000.0)
+                got = measure_collection(c, spaces, seconds, expected, d, warm_env_steps=envs * 200)
+                runs[topo].append(got["sps"])
+                if topo == "seed":
+                    lat = _latency(d)
+        apex_sps, seed_sps = float(np.mean(runs["apex"])), float(np.mean(runs["seed"]))
+        out[str(envs)] = {"apex_sps": runs["apex"], "seed_sps": runs["seed"], "latency": lat}
+        target = (">=", 1.2) if cartpole and envs == 64 else None
+        rows.append(Row(f"seed collection, {envs} envs/worker (env steps/s)", seed_sps, apex_sps,
+                        "apex, same envs and processes", target))
+        if lat is not None and lat["p50"] is not None:
+            batch = lat["batch"] or 0
+            rows.append(Row(f"seed inference round trip p50 (ms), batch {batch:.0f}", lat["p50"], 1.0,
+                            "1 ms", ("<=", 1.0) if cartpole and envs == 64 else None, fmt=".3f"))
+    report["seed"] = out
+    return rows
+
+
+def seed_notes(cfg: ExperimentConfig, report: dict[str, Any]) -> list[str]:
+    notes = [f"seed rows: {cfg.actor.num_actors} worker processes, learner idle, {ROUNDS} alternating rounds "
+             "per topology; per-run env steps/s:"]
+    for envs, got in report.get("seed", {}).items():
+        lat = got["latency"] or {}
+        share = lat.get("env_step_share")
+        notes.append(f"  {envs} envs/worker: apex {', '.join(f'{x:,.0f}' for x in got['apex_sps'])}; seed "
+                     f"{', '.join(f'{x:,.0f}' for x in got['seed_sps'])}; seed latency p50 {lat.get('p50')} ms, "
+                     f"p99 {lat.get('p99')} ms, env workers' share of time in env.step "
+                     f"{'-' if share is None else f'{share:.2f}'}")
+    return notes
