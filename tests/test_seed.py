@@ -163,7 +163,7 @@ def test_serial_seed_is_deterministic(tmp_path):
     cfg = config_with({"preset": "seed"}, runtime="serial", total_env_steps=3000, progress=False,
                       **{"eval.eval_period": 0, "eval.eval_episodes": 2, "replay.min_replay_size": 256})
     a = run_serial_cfg(cfg, tmp_path / "a")
-    b = run_serial_cfg(cfg, tmp_path / "b")
+    run_serial_cfg(cfg, tmp_path / "b")
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
     assert a["env_steps"] >= 3000 and a["updates"] > 0 and a["accounting_ok"] and a["dropped"] == 0
     header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -227,3 +227,16 @@ def test_local_seed_learns_cartpole(tmp_path):
     s = _summary(proc, run)
     assert s["stop_reason"] == "target_return" and s["env_steps"] <= 100_000
     assert s["dropped"] == 0 and s["accounting_ok"]
+
+
+def test_seed_bench_rows_compare_the_same_envs_and_processes():
+    from distdqn.bench.cli import bench_mode
+    from distdqn.bench.seed_rows import topology_config
+
+    cfg = config_with({}, **{"actor.num_actors": 2})
+    apex, seed = topology_config(cfg, "apex", 64), topology_config(cfg, "seed", 64)
+    assert (apex.topology, seed.topology) == ("apex", "seed")
+    assert apex.env.envs_per_actor == seed.env.envs_per_actor == 64
+    assert apex.actor.num_actors == seed.actor.num_actors == 2
+    assert seed.inference.max_batch == 64  # one half of each of the 2 workers
+    assert bench_mode(cfg, "seed") == "seed"

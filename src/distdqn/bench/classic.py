@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from distdqn.bench.collection import measure_collection_rounds
-from distdqn.bench.common import COLLECTION_TARGET, LEARNING_TARGET, steady_state
+from distdqn.bench.common import (
+    COLLECTION_TARGET,
+    LEARNING_TARGET,
+    local_run,
+    steady_state,
+)
 from distdqn.bench.learning import measure_learning
 from distdqn.bench.report import Row, say
 from distdqn.bench.solve import solve_notes
@@ -19,10 +24,8 @@ def measure_full_run(cfg: ExperimentConfig, spaces: EnvSpaces, budget: int, run_
     """(c): a normal ``run_local`` of ``cfg`` (periodic evaluation included) for
     ``total_env_steps=budget``; ``eval.target_return`` is cleared so that reaching it
     does not end the measurement early."""
-    from distdqn.runtime.local import run_local
-
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_local(replace(cfg, **{"total_env_steps": budget, "eval.target_return": None}), spaces, run_dir)
+    summary = local_run(replace(cfg, **{"total_env_steps": budget, "eval.target_return": None}), spaces, run_dir)
     steady = steady_state(run_dir)
     return {"sps": summary["sps"], "ups": summary["ups"], "wall_time_s": summary["wall_time_s"],
             "env_steps": summary["env_steps"], "updates": summary["updates"],

@@ -16,7 +16,7 @@ import torch
 
 from distdqn.agents.dqn.agent import apex_epsilons
 from distdqn.agents.inference import trace_for_inference
-from distdqn.bench.common import COLLECTION_ROUNDS, steady_state, timed
+from distdqn.bench.common import COLLECTION_ROUNDS, local_run, steady_state, timed
 from distdqn.bench.report import BenchError, say
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
@@ -114,8 +114,6 @@ def measure_collection(
     first collected env steps; the budget is sized from ``expected_sps`` (the ceiling) so
     the measured window lasts at least ``seconds`` (longer by the inverse of the ratio).
     """
-    from distdqn.runtime.local import run_local
-
     warm = cfg.actor.epsilon_decay_steps if cfg.actor.epsilon_schedule == "linear" else 0
     if warm_env_steps is not None:
         warm = int(warm_env_steps)
@@ -123,7 +121,7 @@ def measure_collection(
     c = replace(cfg, **{"replay.samples_per_insert": 0.0, "eval.eval_period": 0, "eval.target_return": None,
                         "total_env_steps": budget, "log_period": 0.5, "checkpoint_period": 0})
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_local(c, spaces, run_dir, collect_only=True)
+    summary = local_run(c, spaces, run_dir, collect_only=True)
     steady = steady_state(run_dir, warm)
     return {
         "sps": steady.sps if steady else summary["sps"],

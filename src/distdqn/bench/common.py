@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from distdqn.bench.report import BenchError
 from distdqn.config import ExperimentConfig, from_dict
 from distdqn.envs import EnvSpaces
 
@@ -111,3 +112,20 @@ def steady_state(run_dir: Path, warm_env_steps: int = 0) -> SteadyState | None:
 def base_config(env_id: str, actors: int) -> ExperimentConfig:
     """The default (apex) config with the benchmark's env and actor count, no progress bar."""
     return from_dict({"env": {"id": env_id}, "actor": {"num_actors": actors}, "progress": False})
+
+
+def local_run(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """``run_local`` for a measurement; its summary.
+
+    Raises:
+        BenchError: the run was stopped by SIGINT or SIGTERM (a run stops gracefully on
+            them; the benchmark must not go on to its next measurement).
+    """
+    from distdqn.runtime.local import (
+        run_local,  # the local runtime only when a run is measured
+    )
+
+    summary = run_local(cfg, spaces, run_dir, **kwargs)
+    if summary.get("stop_reason") in ("SIGINT", "SIGTERM"):
+        raise BenchError(f"interrupted ({summary['stop_reason']}); the benchmark stops")
+    return summary

@@ -19,6 +19,7 @@ from distdqn.bench.common import (
     SOLVE_EVAL_PERIOD,
     SOLVE_TARGET_RETURN,
     SOLVE_WALL_TARGET,
+    local_run,
 )
 from distdqn.bench.report import Row, say
 from distdqn.config import ExperimentConfig, from_dict
@@ -49,8 +50,6 @@ def distdqn_time_to_solve(actors: int, seed: int, run_dir: Path, backend: str = 
     """(d), distdqn: the default config on CartPole-v1 (``env.backend=backend``), stopped at
     the first evaluation whose mean return reaches the target. Wall time is from the call
     of ``run_local``."""
-    from distdqn.runtime.local import run_local
-
     cfg = from_dict({
         "env": {"id": SOLVE_ENV, "backend": backend}, "actor": {"num_actors": actors}, "seed": seed, "progress": False,
         "total_env_steps": SOLVE_BUDGET,
@@ -60,7 +59,7 @@ def distdqn_time_to_solve(actors: int, seed: int, run_dir: Path, backend: str = 
     spaces = spaces_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    s = run_local(cfg, spaces, run_dir)
+    s = local_run(cfg, spaces, run_dir)
     total = time.perf_counter() - t0
     # The summary's clock starts once the learner, replay and evaluator are built; add
     # that set-up so the figure runs from the call, like SB3's from model construction.
