@@ -205,3 +205,37 @@ def test_ray_workers_resolve_third_party_envs(tmp_path, env_id, over):
     not the env): a package's ``module:id`` and an entry point with ``env.kwargs``."""
     s = run(cfg_of(total_env_steps=3000, **{"env.id": env_id, "replay.min_replay_size": 500}, **over), tmp_path)
     assert s["env_steps"] >= 3000 and s["updates"] > 100 and s["accounting_ok"], s
+
+
+def test_ray_seed_learns_cartpole(tmp_path):
+    """SEED on Ray: env-worker roles and the inference server calling them asynchronously."""
+    cfg = cfg_of(preset="seed", total_env_steps=100_000,
+                 **{"eval.eval_period": 2500, "eval.eval_episodes": 10, "eval.target_return": 475})
+    s = run(cfg, tmp_path)
+    assert s["stop_reason"] == "target_return" and s["env_steps"] <= 100_000, s
+    assert s["accounting_ok"] and s["dropped"] == 0
+
+
+class KillEnvWorker(KillOnce):
+    def __call__(self, co, roles) -> None:
+        if self.updates_at_kill is None and co.c.env_steps >= self.at and co.updates > 0:
+            victim = next(r for r in roles if r.kind == "actor" and r.index == 1)  # 0 is the server
+            self.updates_at_kill = co.updates
+            ray.kill(victim.handle, no_restart=False)
+
+
+def test_ray_seed_killed_env_worker_is_restarted_and_its_open_items_counted(tmp_path):
+    kill = KillEnvWorker("actor", at=3000)
+    s = run(cfg_of(preset="seed", total_env_steps=12_000), tmp_path, on_poll=kill)
+    assert kill.updates_at_kill is not None
+    assert s["actor_restarts"] == 1 and s["env_steps"] >= 12_000
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
+    assert s["dropped"] > 0  # the killed worker's open n-step windows, counted by the server
+
+
+def test_ray_seed_killed_inference_server_is_restarted(tmp_path):
+    kill = KillOnce("actor", at=3000)  # the first actor role is the server
+    s = run(cfg_of(preset="seed", total_env_steps=12_000), tmp_path, on_poll=kill)
+    assert kill.updates_at_kill is not None
+    assert s["actor_restarts"] == 1 and s["env_steps"] >= 12_000
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]

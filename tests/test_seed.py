@@ -175,8 +175,6 @@ def test_seed_config_errors():
         config_with({"preset": "seed"}, **{"env.envs_per_actor": 5})
     with pytest.raises(ConfigError, match="inference.splits"):
         config_with({"preset": "seed"}, **{"inference.splits": 3})
-    with pytest.raises(ConfigError, match="runtime.*serial or local with topology seed"):
-        config_with({"preset": "seed"}, runtime="ray")
     with pytest.raises(ConfigError, match="inference.max_batch"):
         config_with({"preset": "seed"}, **{"inference.max_batch": 0})
 

@@ -161,8 +161,6 @@ def validate(cfg: _Config) -> None:
         _check(cfg.env.envs_per_actor % inf.splits == 0, "env.envs_per_actor", cfg.env.envs_per_actor,
                f"a multiple of inference.splits ({inf.splits}) with topology seed (each worker's envs are "
                "split into equal halves)")
-        _check(cfg.runtime != "ray", "runtime", cfg.runtime,
-               "serial or local with topology seed (its Ray runtime is not built yet)")
     ev = cfg.eval
     _check(ev.eval_period >= 0, "eval.eval_period", ev.eval_period, "an integer >= 0")
     _check(ev.eval_episodes >= 1, "eval.eval_episodes", ev.eval_episodes, pos)

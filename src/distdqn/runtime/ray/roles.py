@@ -140,7 +140,7 @@ class ActorRole:
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         generation = (self.incarnation & 0xFFFFFF) + 1 if restarted else 0
-        self.actor = build_actor(cfg, spaces, actor_id, generation)
+        self.actor = self._producer(cfg, spaces, actor_id, generation)
         self.source = (actor_id, self.incarnation)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.shard = RemoteRole(ray.get_actor(shard[0]), shard[1])
@@ -154,6 +154,16 @@ class ActorRole:
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"distdqn-actor-{actor_id}", daemon=True)
         self._thread.start()
+
+    def _producer(self, cfg: ExperimentConfig, spaces: EnvSpaces, actor_id: int, generation: int) -> Any:
+        """What makes the chunks (``tick(fetch)``, ``flush``, ``env_steps``, ``param_version``,
+        ``close``): the actor itself."""
+        return build_actor(cfg, spaces, actor_id, generation)
+
+    def _final_chunks(self) -> list[Chunk]:
+        """A graceful stop's last chunks: the actor's partial one."""
+        last = self.actor.flush()
+        return [] if last is None else [last]
 
     def _take(self, answer: Any) -> tuple[int, np.ndarray] | None:
         if answer is None:
@@ -218,9 +228,9 @@ class ActorRole:
             if self._keep:  # a graceful stop: the chunk in flight, then the last partial one
                 if inflight is not None:
                     self._deliver(*inflight)
-                last = self.actor.flush()
-                if last is not None:
+                for last in self._final_chunks():
                     self._deliver(last, seq, self._insert(seq, last))
+                    seq += 1
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("actor %d failed", self.source[0])

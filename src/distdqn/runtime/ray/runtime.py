@@ -33,6 +33,7 @@ from distdqn.runtime.ray.driver import (
 )
 from distdqn.runtime.ray.learner import LearnerRole
 from distdqn.runtime.ray.roles import ActorRole, ParameterServerRole
+from distdqn.runtime.ray.seed import EnvWorkerRole, SeedServerRole
 from distdqn.runtime.ray.shard import ReplayShardRole
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,29 @@ class RayRuntime:
         actor_opts: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_concurrency": 4}
         if rc.actor_resource:
             actor_opts["resources"] = {rc.actor_resource: 1}
-        actor_hs = [RemoteRole(self._host([("actor", ActorRole, (cfg, spaces, i, self.shards_at[i % len(self.shards_at)],
-                                                                 self.ps_at))], **actor_opts), "actor")
-                    for i in range(cfg.actor.num_actors)]
+        if cfg.topology == "seed":
+            actor_hs = self._seed_roles(actor_opts)
+        else:
+            actor_hs = [RemoteRole(self._host([("actor", ActorRole, (cfg, spaces, i,
+                                                                     self.shards_at[i % len(self.shards_at)],
+                                                                     self.ps_at))], **actor_opts), "actor")
+                        for i in range(cfg.actor.num_actors)]
         self.roles += ([_Role("learner", i, h) for i, h in enumerate(self.learner_hs)]
                        + [_Role("actor", i, h) for i, h in enumerate(actor_hs)])
+
+    def _seed_roles(self, actor_opts: dict[str, Any]) -> list[RemoteRole]:
+        """SEED: the env workers (named, placed as actors are, one call at a time), then the
+        inference server beside the learner, which finds them by name."""
+        cfg, spaces = self.cfg, self.spaces
+        prefix = self.ps_name.removesuffix("-ps")
+        names = [f"{prefix}-env-worker{i}" for i in range(cfg.actor.num_actors)]
+        worker_opts = dict(actor_opts, max_concurrency=1)
+        workers = [RemoteRole(self._host([("actor", EnvWorkerRole, (cfg, spaces, i))], name=names[i], **worker_opts),
+                              "actor") for i in range(cfg.actor.num_actors)]
+        server = RemoteRole(self._host([("actor", SeedServerRole, (cfg, spaces, 0, self.shards_at[0], self.ps_at,
+                                                                    [(n, "actor") for n in names]))],
+                                       num_cpus=1, max_concurrency=4, scheduling_strategy=self.here), "actor")
+        return [server, *workers]
 
     # ------------------------------------------------------------------ driver hooks
 
