@@ -7,7 +7,9 @@ with the same env, the same worker processes and the same total envs, in alterna
 (target on CPU: seed >= 1.2 x apex at 64 envs per worker on CartPole). seed passes take one
 half of every worker (``inference.max_batch`` = workers x envs / 2), so the row at 64 envs
 per worker and 2 workers runs batches of 64; its metrics give the inference round trip as
-the env workers see it (target p50 <= 1 ms at batch 64 with the CartPole MLP).
+the env workers see it (target p50 <= 1 ms at batch 64 with the CartPole MLP). Each count
+also measures raw env stepping in the same processes (no network, no transport): no
+collector can pass it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from distdqn.bench.collection import measure_collection
+from distdqn.bench.collection import measure_collection, measure_collection_ceiling
+from distdqn.bench.env_rows import bare_env_stepper
 from distdqn.bench.report import Row, say
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, is_atari
@@ -74,10 +77,15 @@ def seed_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, work: Pa
                 if topo == "seed":
                     lat = _latency(d)
         apex_sps, seed_sps = float(np.mean(runs["apex"])), float(np.mean(runs["seed"]))
-        out[str(envs)] = {"apex_sps": runs["apex"], "seed_sps": runs["seed"], "latency": lat}
+        say(f"seed rows: raw env stepping, {cfg.actor.num_actors} processes x {envs} envs (no network)")
+        raw = measure_collection_ceiling(topology_config(cfg, "apex", envs), spaces, seconds / 2,
+                                         target=bare_env_stepper)["sps"]
+        out[str(envs)] = {"apex_sps": runs["apex"], "seed_sps": runs["seed"], "latency": lat, "raw_env_sps": raw}
         target = (">=", 1.2) if cartpole and envs == 64 else None
         rows.append(Row(f"seed collection, {envs} envs/worker (env steps/s)", seed_sps, apex_sps,
                         "apex, same envs and processes", target))
+        rows.append(Row(f"  apex collection / raw env stepping, {envs} envs/worker", apex_sps, raw,
+                        "raw env, same processes"))
         if lat is not None and lat["p50"] is not None:
             batch = lat["batch"] or 0
             rows.append(Row(f"seed inference round trip p50 (ms), batch {batch:.0f}", lat["p50"], 1.0,

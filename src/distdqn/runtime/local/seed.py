@@ -297,6 +297,9 @@ class SeedPool(ActorPool):
         for h in self.workers:
             h.label = f"env worker {h.actor_id}"
         self.inbox_chunks = cfg.actor.num_actors * splits  # one per slot
+        # The server's pipe carries every slot's chunks: room for one per slot, so that a send
+        # does not wait for the receiver thread (which shares the driver's interpreter).
+        self._pipe_bytes *= self.inbox_chunks
         self.block = WorkerBlock(splits, cfg.env.envs_per_actor // splits, tuple(spaces.obs_shape), spaces.obs_dtype)
         self.raws = [ctx.RawArray("b", self.block.nbytes) for _ in self.workers]
         self._worker_ends: list[Any] = []
