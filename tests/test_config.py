@@ -133,8 +133,8 @@ def test_unknown_key_through_replace() -> None:
 
 def test_unknown_preset() -> None:
     with pytest.raises(ConfigError) as exc:
-        from_dict({"preset": "r2d2"})
-    assert exc.value.key == "preset" and "'r2d2'" in str(exc.value) and "apex" in str(exc.value)
+        from_dict({"preset": "rainbow"})
+    assert exc.value.key == "preset" and "'rainbow'" in str(exc.value) and "apex" in str(exc.value)
 
 
 def test_error_buffer_smaller_than_batch_deadlock() -> None:

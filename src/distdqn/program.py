@@ -47,9 +47,12 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     """
     mode = cfg.replay.frame_dedup
     shape = tuple(spaces.obs_shape)
-    if mode == "off" or (mode == "auto" and cfg.agent == "actor_critic"):  # unrolls keep whole observations
+    if mode == "off" or (mode == "auto" and cfg.agent != "dqn"):  # unrolls and sequences keep whole observations
         return False
     if mode == "on":
+        if cfg.agent != "dqn":
+            raise ConfigError("replay.frame_dedup", mode, f"off or auto with agent {cfg.agent} (its items keep "
+                                                          "whole observations)")
         if len(shape) != 3:
             raise ConfigError("replay.frame_dedup", mode,
                               f"off or auto for observations of shape {shape} (on needs (stack, H, W) frame stacks)")
@@ -160,8 +163,10 @@ def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_s
 
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:
+    agent = build_agent(cfg, spaces)
+    stateful = getattr(agent, "eval_policy", None)
     return Evaluator(cfg.env, build_network(cfg, spaces), derive_seed(cfg.seed, EVAL), cfg.eval.epsilon,
-                     trace=cfg.actor.trace_network, greedy=build_agent(cfg, spaces).greedy)
+                     trace=cfg.actor.trace_network and stateful is None, greedy=agent.greedy, stateful=stateful)
 
 
 def build_parameter_server(cfg: ExperimentConfig, spaces: EnvSpaces) -> ParameterServer:

@@ -1,4 +1,4 @@
-"""Agents: what is learned, and how (:mod:`distdqn.agents.base`): ``dqn`` and ``actor_critic``."""
+"""Agents: what is learned, and how (:mod:`distdqn.agents.base`): ``dqn``, ``r2d2`` and ``actor_critic``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from distdqn.config import ExperimentConfig
     from distdqn.envs import EnvSpaces
 
-AGENTS: dict[str, str] = {"dqn": "distdqn.agents.dqn.agent:DQNAgent",
+AGENTS: dict[str, str] = {"dqn": "distdqn.agents.dqn.agent:DQNAgent", "r2d2": "distdqn.agents.r2d2.agent:R2D2Agent",
                           "actor_critic": "distdqn.agents.actor_critic.agent:ActorCriticAgent"}
 """``agent`` config value -> ``module:class``, imported when first asked for."""
 

@@ -26,6 +26,7 @@ from distdqn.config.schema import (
     LearnerConfig,
     NetworkConfig,
     ParameterServerConfig,
+    R2D2Config,
     RayConfig,
     ReplayConfig,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LearnerConfig",
     "NetworkConfig",
     "ParameterServerConfig",
+    "R2D2Config",
     "Preset",
     "RayConfig",
     "ReplayConfig",

@@ -240,6 +240,26 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class R2D2Config:
+    """The R2D2 agent (Kapturowski et al. 2019; ``distdqn.agents.r2d2``). Defaults are the
+    paper's Atari settings; ``configs/cartpole-masked-r2d2.yaml`` has small-task ones."""
+
+    sequence_length: int = 80
+    """Trained steps per stored sequence (after the burn-in)."""
+    sequence_period: int = 40
+    """Steps between the starts of consecutive sequences (80 and 40: they overlap by 40)."""
+    burn_in: int = 40
+    """Steps at a sequence's start that only warm the LSTM up from the stored state (no
+    gradient, for the online and the target network)."""
+    lstm_size: int = 512
+    """The LSTM's hidden width."""
+    priority_eta: float = 0.9
+    """Sequence priority eta max|delta| + (1 - eta) mean|delta|."""
+    rescale_eps: float = 1e-3
+    """epsilon of the value rescaling h(x) = sign(x)(sqrt(|x|+1) - 1) + eps x."""
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     """SEED RL's central inference server (topology ``seed``; Espeholt et al. 2020).
 
@@ -277,12 +297,13 @@ class ActorCriticConfig:
 class ExperimentConfig:
     """A whole experiment: topology, runtime, budgets and each role's slice."""
 
-    preset: Literal["apex", "gorila", "sync", "seed", "impala", "a3c"] = "apex"
+    preset: Literal["apex", "gorila", "sync", "seed", "r2d2", "impala", "a3c"] = "apex"
     """A tested combination of agent and topology (:data:`PRESETS`); ``agent`` and
     ``topology`` override it."""
-    agent: Literal["dqn", "actor_critic"] = "dqn"
+    agent: Literal["dqn", "r2d2", "actor_critic"] = "dqn"
     """What is learned and how (``distdqn.agents``): ``dqn`` (double, dueling, n-step, PER),
-    ``actor_critic`` (policy and value, V-trace)."""
+    ``r2d2`` (recurrent DQN on sequences with stored state and burn-in), ``actor_critic``
+    (policy and value, V-trace)."""
     topology: Literal["apex", "gorila", "sync", "seed", "impala", "a3c"] = "apex"
     """Which roles exist and how data flows (``distdqn.topologies``): ``apex`` (one learner
     applies its own updates and publishes parameters), ``gorila`` (learners push gradients to
@@ -320,6 +341,7 @@ class ExperimentConfig:
     parameter_server: ParameterServerConfig = field(default_factory=ParameterServerConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    r2d2: R2D2Config = field(default_factory=R2D2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -49,7 +49,7 @@ def validate(cfg: _Config) -> None:
         raise ConfigError("topology", cfg.topology, ", ".join(allowed),
                           message=f"invalid config: agent={cfg.agent!r} with topology={cfg.topology!r}; "
                                   f"allowed with agent {cfg.agent}: topology one of {', '.join(allowed)}")
-    if cfg.agent == "dqn":
+    if cfg.agent in ("dqn", "r2d2"):
         _check(cfg.replay.kind != "fifo", "replay.kind", cfg.replay.kind,
                "prioritized or uniform with agent dqn (fifo reads each item once: for actor_critic)")
     else:
@@ -153,6 +153,15 @@ def validate(cfg: _Config) -> None:
         _check(r.min_replay_size >= lr.batch_size * ry.replay_shards, "replay.min_replay_size", r.min_replay_size,
                f">= learner.batch_size x ray.replay_shards ({lr.batch_size * ry.replay_shards}): "
                "every shard must hold a batch")
+    r2 = cfg.r2d2
+    for key in ("sequence_length", "sequence_period", "lstm_size"):
+        _check(getattr(r2, key) >= 1, f"r2d2.{key}", getattr(r2, key), pos)
+    _check(r2.burn_in >= 0, "r2d2.burn_in", r2.burn_in, "an integer >= 0")
+    _check(0.0 <= r2.priority_eta <= 1.0, "r2d2.priority_eta", r2.priority_eta, "0 <= eta <= 1")
+    _check(r2.rescale_eps > 0, "r2d2.rescale_eps", r2.rescale_eps, "a number > 0")
+    if cfg.agent == "r2d2":
+        _check(r2.sequence_period <= r2.sequence_length + r2.burn_in, "r2d2.sequence_period", r2.sequence_period,
+               f"<= r2d2.burn_in + r2d2.sequence_length ({r2.burn_in + r2.sequence_length}): every step in a sequence")
     inf = cfg.inference
     _check(inf.max_batch >= 1, "inference.max_batch", inf.max_batch, pos)
     _check(inf.max_wait_ms >= 0, "inference.max_wait_ms", inf.max_wait_ms, "a number of ms >= 0")

@@ -190,6 +190,9 @@ class Actor:
             self._chunk_restarts += 1
             self._obs = self._started(self.runner.obs_after_restart)
             self.adder.reset()
+            reset_state = getattr(self.policy, "reset_state", None)  # a recurrent policy starts over
+            if reset_state is not None:
+                reset_state()
             return None
         next_obs, reward, terminated, truncated, info = out
         self._since_sync += 1
@@ -215,6 +218,9 @@ class Actor:
             next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), reset_obs, next_obs)
             if self.frames is not None:
                 self.frames.ids[done] = self.frames.episode_starts(reset_obs[done])
+        after_step = getattr(self.policy, "after_step", None)  # a recurrent policy's previous action/reward
+        if after_step is not None:
+            after_step(actions, reward, done)
         self._obs = next_obs
         if self.adder.num_recorded >= self._chunk_trigger:
             return self._make_chunk()

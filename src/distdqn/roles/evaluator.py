@@ -61,16 +61,21 @@ class Evaluator:
             :func:`distdqn.agents.inference.trace_for_inference`; the same values).
         greedy: the agent's greedy actions ``[B]`` from the network's outputs (default:
             their argmax, DQN's).
+        stateful: for a recurrent agent, ``stateful(network, n)`` makes the forward pass of
+            n envs (called with observations, then ``after_step(actions, reward, done)``
+            each step); None: ``network`` itself.
     """
 
     def __init__(self, env_cfg: EnvConfig, network: nn.Module, seed: int, epsilon: float = 0.0, max_parallel: int = 20,
-                 trace: bool = True, greedy: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 trace: bool = True, greedy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 stateful: Callable[[nn.Module, int], Any] | None = None):
         # Whole games: a lost life ends a training episode (episodic_life), never an evaluation.
         self.env_cfg = dataclasses.replace(env_cfg, episodic_life=False)
         self.net, self.seed, self.epsilon = network, seed, epsilon
         self.net.eval()
         self.max_parallel = max_parallel
         self.greedy = greedy if greedy is not None else _argmax
+        self.stateful = stateful
         self.evaluations = 0
         self.env_restarts = 0
         """Envs closed and made again because one raised (the actors' ``env_restarts``)."""
@@ -121,9 +126,13 @@ class Evaluator:
         num_actions = int(envs.single_action_space.n)
         seeds = [int(s) for s in rng.integers(2**31 - 1, size=n)]
         obs, _ = _env_call(envs.reset, seed=seeds)
-        if self._policy is None:
-            self._policy = trace_for_inference(self.net, torch.from_numpy(np.asarray(obs))) if self._trace else self.net
-        policy = self._policy
+        if self.stateful is not None:  # a recurrent agent: fresh state per evaluation
+            policy = self.stateful(self.net, n)
+        else:
+            if self._policy is None:
+                self._policy = (trace_for_inference(self.net, torch.from_numpy(np.asarray(obs))) if self._trace
+                                else self.net)
+            policy = self._policy
         started = n
         active = np.ones(n, dtype=bool)
         returns: list[float] = []
@@ -132,8 +141,10 @@ class Evaluator:
                 greedy = self.greedy(policy(torch.from_numpy(np.asarray(obs)))).numpy()
             explore = rng.random(n) < self.epsilon
             actions = np.where(explore, rng.integers(num_actions, size=n), greedy)
-            obs, _, term, trunc, info = _env_call(envs.step, actions)
+            obs, reward, term, trunc, info = _env_call(envs.step, actions)
             done = np.logical_or(term, trunc)
+            if self.stateful is not None:
+                policy.after_step(actions, reward, done)
             if done.any():
                 ep = info["episode"]
                 for i in np.flatnonzero(done & active):

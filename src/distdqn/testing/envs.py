@@ -15,6 +15,8 @@ id                        behaviour
                           ``FrameStackObservation(4)`` (see :class:`FramesEnv`)
 ``distdqn/Grid-v0``       a 10x10 grid world to learn, observations 10x10x4 bool
                           stored channels last (:mod:`distdqn.testing.grid`)
+``distdqn/CartPoleMasked-v0`` CartPole-v1 observed as [x, theta] only, float32 ``(2,)``
+                          (:mod:`distdqn.testing.masked`)
 ========================  ==========================================================
 
 All but the grid have a ``Discrete(2)`` action space and a ``Box`` observation space (CartPole ones:
@@ -248,6 +250,7 @@ TESTING_ENV_IDS: tuple[str, ...] = (
     "distdqn/NaNObs-v0",
     "distdqn/StackedFrames-v0",
     "distdqn/Grid-v0",
+    "distdqn/CartPoleMasked-v0",
 )
 """Ids registered by this module."""
 
@@ -260,6 +263,7 @@ def _register() -> None:
         ("distdqn/NaNObs-v0", "NaNObsCartPole", _CARTPOLE_MAX_STEPS),
         ("distdqn/StackedFrames-v0", "make_stacked_frames", None),
         ("distdqn/Grid-v0", "distdqn.testing.grid:GridGoalEnv", None),
+        ("distdqn/CartPoleMasked-v0", "distdqn.testing.masked:MaskedCartPole", _CARTPOLE_MAX_STEPS),
     ]
     for env_id, cls_name, max_steps in table:
         if env_id in gymnasium.registry:

@@ -1,0 +1,141 @@
+"""The R2D2 agent (Kapturowski et al. 2019): a recurrent Q-network
+(:mod:`~distdqn.agents.r2d2.network`) acting epsilon-greedily with per-env LSTM state,
+sequences with their stored state (:mod:`~distdqn.agents.r2d2.sequence`), and the
+rescaled n-step double-Q loss with burn-in (:mod:`~distdqn.agents.r2d2.loss`).
+
+Acting (:class:`RecurrentEpsilonGreedy`) keeps each sub-env's LSTM state, previous action
+and previous reward, and resets them when the sub-env's episode ends
+(:meth:`RecurrentEpsilonGreedy.after_step`, which the actor calls after every step).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import nn
+
+from distdqn.agents.dqn.agent import EpsilonGreedy
+from distdqn.agents.r2d2.loss import r2d2_loss
+from distdqn.agents.r2d2.network import make_r2d2_network
+from distdqn.agents.r2d2.sequence import SequenceAdder, sequence_spec
+from distdqn.config import ExperimentConfig
+from distdqn.core import ItemSpec
+from distdqn.envs import EnvSpaces
+
+
+class RecurrentState:
+    """E sub-envs' LSTM state and previous action/reward, stepped through ``net`` one
+    observation at a time (acting and evaluation)."""
+
+    def __init__(self, net: nn.Module, num_envs: int):
+        self.net, self.num_envs = net, num_envs
+        self.h, self.c = net.initial_state(num_envs)
+        self.prev_action = np.full(num_envs, -1, dtype=np.int64)
+        self.prev_reward = np.zeros(num_envs, dtype=np.float32)
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[E, A]`` Q-values for ``obs`` ``[E, *obs_shape]``; the state moves on."""
+        with torch.inference_mode():
+            q, (self.h, self.c) = self.net(obs.unsqueeze(1), torch.from_numpy(self.prev_action).unsqueeze(1),
+                                           torch.from_numpy(self.prev_reward).unsqueeze(1), (self.h, self.c))
+        return q[:, 0]
+
+    def after_step(self, actions: np.ndarray, reward: np.ndarray, done: np.ndarray) -> None:
+        """The step's actions and rewards become the previous ones; sub-envs whose episode
+        ended start over (zero state, no previous action)."""
+        self.prev_action = np.asarray(actions, dtype=np.int64).copy()
+        self.prev_reward = np.asarray(reward, dtype=np.float32).copy()
+        if done.any():
+            d = torch.from_numpy(np.asarray(done, dtype=bool))
+            self.h, self.c = self.h.clone(), self.c.clone()
+            self.h[d], self.c[d] = 0.0, 0.0
+            self.prev_action[done], self.prev_reward[done] = -1, 0.0
+
+
+class RecurrentEpsilonGreedy:
+    """Epsilon-greedy actions of E sub-envs from the recurrent network (the epsilons of
+    :class:`~distdqn.agents.dqn.agent.EpsilonGreedy`: Ape-X per-env or linear). The acting
+    values are the state each sub-env acted from (the sequences' stored state)."""
+
+    def __init__(self, cfg, net: nn.Module, num_envs: int, num_actions: int, actor_id: int, num_actors: int,
+                 rng: np.random.Generator):
+        self.state = RecurrentState(net, num_envs)
+        self.eg = EpsilonGreedy(cfg, net, num_envs, num_actions, actor_id, num_actors, rng, compute_values=False)
+        self._before: dict[str, np.ndarray] = {}
+
+    def act(self, obs: np.ndarray, env_steps: int) -> np.ndarray:
+        s = self.state
+        self._before = {"h": s.h.numpy().copy(), "c": s.c.numpy().copy(), "prev_action": s.prev_action.copy(),
+                        "prev_reward": s.prev_reward.copy()}
+        return self.eg.choose(s(torch.from_numpy(obs)).numpy(), env_steps)
+
+    def acting_values(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(self._before)
+
+    def final_values(self, next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> dict:
+        return {}  # the learner bootstraps from the final observation itself
+
+    def after_step(self, actions: np.ndarray, reward: np.ndarray, done: np.ndarray) -> None:
+        self.state.after_step(actions, reward, done)
+
+    def reset_state(self) -> None:
+        """Every sub-env starts over (the env was recreated)."""
+        self.state = RecurrentState(self.state.net, self.state.num_envs)
+
+    def epsilons(self, env_steps: int) -> np.ndarray:
+        return self.eg.epsilons(env_steps)
+
+    def epsilon(self, env_steps: int) -> float:
+        return self.eg.epsilon(env_steps)
+
+    def reset_schedule(self) -> None:
+        self.eg.reset_schedule()
+
+
+class R2D2Agent:
+    """R2D2's networks, acting, adder, item spec and loss for one experiment (``r2d2``,
+    ``network``, ``actor``, ``learner`` sections)."""
+
+    name = "r2d2"
+    has_target = True
+
+    def __init__(self, cfg: ExperimentConfig, spaces: EnvSpaces):
+        self.cfg, self.spaces = cfg, spaces
+        r = cfg.r2d2
+        self.steps = r.burn_in + r.sequence_length
+
+    def make_network(self) -> nn.Module:
+        return make_r2d2_network(self.cfg.network, self.cfg.r2d2, self.spaces.obs_shape, self.spaces.num_actions)
+
+    def network_kind(self) -> str:
+        return self.make_network().kind
+
+    def item_spec(self, frame_dedup: bool) -> ItemSpec:
+        return sequence_spec(self.spaces.obs_shape, self.spaces.obs_dtype, self.steps, self.cfg.r2d2.lstm_size)
+
+    def make_policy(self, network: nn.Module, example_obs: np.ndarray, *, actor_id: int, num_actors: int,
+                    rng: np.random.Generator, compute_values: bool) -> RecurrentEpsilonGreedy:
+        return RecurrentEpsilonGreedy(self.cfg.actor, network, example_obs.shape[0], self.spaces.num_actions,
+                                      actor_id, num_actors, rng)
+
+    def make_adder(self, num_envs: int, frame_dedup: bool, compute_priorities: bool) -> SequenceAdder:
+        return SequenceAdder(num_envs, self.steps, self.cfg.r2d2.sequence_period, self.item_spec(False))
+
+    def chunk_trigger(self, chunk_size: int, num_envs: int) -> int:
+        """Sequences per chunk: ``actor.chunk_size``."""
+        return chunk_size
+
+    def loss(self):
+        r, lr = self.cfg.r2d2, self.cfg.learner
+        return functools.partial(r2d2_loss, burn_in=r.burn_in, n_step=self.cfg.actor.n_step, gamma=lr.gamma,
+                                 eta=r.priority_eta, eps=r.rescale_eps, kind="huber" if lr.loss == "huber" else "mse")
+
+    def eval_policy(self, network: nn.Module, num_envs: int) -> RecurrentState:
+        """Greedy evaluation's stateful forward pass for ``num_envs`` envs."""
+        return RecurrentState(network, num_envs)
+
+    @staticmethod
+    def greedy(outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(dim=1)

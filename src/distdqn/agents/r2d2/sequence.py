@@ -1,0 +1,128 @@
+"""R2D2's adder: fixed-length, overlapping sequences with the recurrent state at their start
+(Kapturowski et al. 2019, sec. 3, "stored state" with "burn-in").
+
+For each sub-env a sequence starts at the episode's start and every ``period`` steps after;
+it holds ``T = burn_in + length`` steps and the observation after the last one (for the
+n-step bootstrap), so ``obs`` and the LSTM's previous action and reward have ``T + 1`` rows.
+A sequence never spans two episodes: at an episode end every sequence begun in it is
+emitted, padded with zeros after the final observation and masked (``mask`` 0).
+
+Item fields (:func:`sequence_spec`): ``obs [T+1, *obs_shape]``, ``prev_action [T+1]`` int64
+(-1 where there is none: the episode's first step), ``prev_reward [T+1]`` float32,
+``action [T]`` int64, ``reward [T]`` float32, ``terminated [T]`` float32 (1 at the step the
+episode terminated; a truncated episode bootstraps from its final observation),
+``mask [T]`` float32 (1 for real steps), ``h0``/``c0 [lstm_size]`` float32 (the state the
+actor acted with before ``obs[0]``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distdqn.core import Field, ItemSpec
+
+
+def sequence_spec(obs_shape: tuple[int, ...], obs_dtype, steps: int, lstm_size: int) -> ItemSpec:
+    """The item spec of sequences of ``steps`` (T) steps."""
+    shape, dt = tuple(int(d) for d in obs_shape), np.dtype(obs_dtype).name
+    t = int(steps)
+    return ItemSpec.of(obs=Field((t + 1, *shape), dt), prev_action=Field((t + 1,), "int64"),
+                       prev_reward=Field((t + 1,), "float32"), action=Field((t,), "int64"),
+                       reward=Field((t,), "float32"), terminated=Field((t,), "float32"),
+                       mask=Field((t,), "float32"), h0=Field((lstm_size,), "float32"),
+                       c0=Field((lstm_size,), "float32"))
+
+
+class SequenceAdder:
+    """Sequences of E sub-envs (module docstring).
+
+    Args:
+        num_envs: E.
+        steps: T = burn-in + trained length.
+        period: steps between the starts of consecutive sequences of an episode.
+        spec: :func:`sequence_spec`.
+    """
+
+    def __init__(self, num_envs: int, steps: int, period: int, spec: ItemSpec):
+        self.num_envs, self.steps, self.period, self.spec = int(num_envs), int(steps), int(period), spec
+        self.reset()
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget the open sequences of the masked sub-envs (all when None); ready ones stay."""
+        if mask is None:
+            self._ready: list[dict[str, np.ndarray]] = []
+            self._buf: list[list[dict]] = [[] for _ in range(self.num_envs)]
+            self._base = [0] * self.num_envs  # the env's step index of _buf[i][0]
+            self._t = [0] * self.num_envs  # the env's steps recorded in this episode
+            self._next_start = [0] * self.num_envs
+            return
+        for i in np.flatnonzero(np.asarray(mask, dtype=bool)):
+            self._buf[i], self._base[i], self._t[i], self._next_start[i] = [], 0, 0, 0
+
+    @property
+    def num_recorded(self) -> int:
+        """Sequences ready to be popped."""
+        return len(self._ready)
+
+    def open_sequences(self) -> int:
+        """Sequences begun and not yet emitted (what a reset throws away)."""
+        return sum(max(0, -(-(t - ns) // self.period)) for t, ns in zip(self._t, self._next_start))
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray, truncated: np.ndarray, *, h: np.ndarray, c: np.ndarray,
+            prev_action: np.ndarray, prev_reward: np.ndarray, **_: np.ndarray) -> None:
+        """Record one vector step: ``obs``/``next_obs [E, *obs_shape]``, ``action [E]``,
+        ``reward [E]``, ``terminated``/``truncated [E]`` bool, and from the acting pass the
+        LSTM state ``h``/``c [E, lstm_size]`` and ``prev_action``/``prev_reward [E]`` it
+        acted on in ``obs``."""
+        ended = np.logical_or(terminated, truncated)
+        for i in range(self.num_envs):
+            self._buf[i].append({"obs": obs[i], "action": int(action[i]), "reward": float(reward[i]),
+                                 "terminated": bool(terminated[i]), "h": h[i], "c": c[i],
+                                 "prev_action": int(prev_action[i]), "prev_reward": float(prev_reward[i])})
+            self._t[i] += 1
+            t = self._t[i]
+            while self._next_start[i] + self.steps <= t:  # a whole sequence and the obs after it
+                self._emit(i, self._next_start[i], next_obs[i])
+                self._next_start[i] += self.period
+            if ended[i]:
+                while self._next_start[i] < t:
+                    self._emit(i, self._next_start[i], next_obs[i])
+                    self._next_start[i] += self.period
+                self._buf[i], self._base[i], self._t[i], self._next_start[i] = [], 0, 0, 0
+                continue
+            drop = self._next_start[i] - self._base[i]
+            if drop > 0:
+                del self._buf[i][:drop]
+                self._base[i] += drop
+
+    def _emit(self, i: int, start: int, last_next_obs: np.ndarray) -> None:
+        steps = self._buf[i][start - self._base[i] :][: self.steps]
+        n = len(steps)
+        s = {name: np.zeros(f.shape, f.np_dtype) for name, f in self.spec.fields}
+        for j, st in enumerate(steps):
+            s["obs"][j] = st["obs"]
+            s["prev_action"][j], s["prev_reward"][j] = st["prev_action"], st["prev_reward"]
+            s["action"][j], s["reward"][j] = st["action"], st["reward"]
+            s["terminated"][j], s["mask"][j] = float(st["terminated"]), 1.0
+        # the observation after the last step: the next step's, or this step's next_obs
+        after = start + n - self._base[i]
+        s["obs"][n] = self._buf[i][after]["obs"] if after < len(self._buf[i]) else last_next_obs
+        s["prev_action"][n], s["prev_reward"][n] = steps[-1]["action"], steps[-1]["reward"]
+        s["prev_action"][n + 1 :] = -1
+        s["h0"][...], s["c0"][...] = steps[0]["h"], steps[0]["c"]
+        self._ready.append(s)
+
+    def pop_items(self) -> tuple[dict[str, np.ndarray], None] | None:
+        """The ready sequences as a chunk's arrays (leading dim: sequences); no initial
+        priorities (the learner's first pass gives them)."""
+        if not self._ready:
+            return None
+        ready, self._ready = self._ready, []
+        return {name: np.stack([r[name] for r in ready]) for name in ready[0]}, None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()  # a resumed run starts new sequences

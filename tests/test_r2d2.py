@@ -1,0 +1,158 @@
+"""R2D2: value rescaling, sequences, stored state and burn-in, n-step targets, mixed
+priorities (hand-computed values), and the agent end to end in the serial runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _util import config_with
+
+from distdqn.agents.r2d2.loss import mixed_priorities, n_step_targets, r2d2_loss, unroll
+from distdqn.agents.r2d2.network import R2D2Network
+from distdqn.agents.r2d2.rescale import h, h_inv
+from distdqn.agents.r2d2.sequence import SequenceAdder, sequence_spec
+from distdqn.core import Batch
+
+
+def test_rescaling_round_trips_over_a_wide_range():
+    x = torch.cat([torch.linspace(-1e4, 1e4, 20001, dtype=torch.float64), torch.tensor([0.0, 1e-6, -1e-6])])
+    np.testing.assert_allclose(h_inv(h(x)).numpy(), x.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(h(h_inv(x)).numpy(), x.numpy(), rtol=1e-6, atol=1e-6)
+    # by hand: h(3) = sqrt(4) - 1 + 3e-3, h(-8) = -(3 - 1) - 8e-3
+    assert float(h(torch.tensor(3.0, dtype=torch.float64))) == pytest.approx(1.003)
+    assert float(h(torch.tensor(-8.0, dtype=torch.float64))) == pytest.approx(-2.008)
+
+
+def test_priorities_are_eta_mixed():
+    td = torch.tensor([[1.0, 3.0, 2.0, 9.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    p = mixed_priorities(td, mask, eta=0.9)
+    # row 0: max 3, mean 2 -> 0.9 * 3 + 0.1 * 2; row 1: max 4, mean 2 -> 3.6 + 0.2
+    np.testing.assert_allclose(p.numpy(), [2.9, 3.8], rtol=1e-6)
+    assert float(mixed_priorities(td, torch.zeros_like(mask), 0.9)[0]) == 0.0
+
+
+def _adder(envs=1, steps=4, period=2, lstm=3):
+    return SequenceAdder(envs, steps, period, sequence_spec((2,), np.float32, steps, lstm))
+
+
+def _step(adder, t, terminated=False, truncated=False, envs=1):
+    obs = np.full((envs, 2), float(t), np.float32)
+    nxt = np.full((envs, 2), float(t + 1), np.float32)
+    adder.add(obs, np.full(envs, t % 2), np.full(envs, float(t)), nxt, np.full(envs, terminated),
+              np.full(envs, truncated), h=np.full((envs, 3), float(t), np.float32),
+              c=np.full((envs, 3), -float(t), np.float32), prev_action=np.full(envs, (t - 1) % 2 if t else -1),
+              prev_reward=np.full(envs, float(t - 1) if t else 0.0))
+
+
+def test_sequences_overlap_by_period_and_store_the_state_at_their_start():
+    a = _adder()
+    for t in range(6):
+        _step(a, t)
+    data, prio = a.pop_items()
+    assert prio is None and data["obs"].shape == (2, 5, 2)  # starts 0 and 2; the start at 4 is still open
+    np.testing.assert_array_equal(data["obs"][0, :, 0], [0, 1, 2, 3, 4])  # 4 steps + the obs after them
+    np.testing.assert_array_equal(data["obs"][1, :, 0], [2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(data["h0"][:, 0], [0, 2]) and np.testing.assert_array_equal(data["c0"][:, 0], [0, -2])
+    np.testing.assert_array_equal(data["prev_action"][0], [-1, 0, 1, 0, 1])  # the last: action of step 3
+    np.testing.assert_array_equal(data["prev_reward"][1], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(data["mask"], np.ones((2, 4)))
+    assert a.open_sequences() == 1
+
+
+def test_a_sequence_never_spans_two_episodes():
+    a = _adder()
+    for t in range(3):
+        _step(a, t, terminated=(t == 2))
+    for t in range(10, 12):
+        _step(a, t)
+    data, _ = a.pop_items()
+    # the episode's starts 0 and 2, both cut at its end (step 2) and padded
+    assert len(data["mask"]) == 2
+    np.testing.assert_array_equal(data["mask"], [[1, 1, 1, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(data["terminated"], [[0, 0, 1, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(data["obs"][0, :, 0], [0, 1, 2, 3, 0])  # 3 = the final observation
+    np.testing.assert_array_equal(data["obs"][1, :, 0], [2, 3, 0, 0, 0])
+    assert not (data["obs"][..., 0] >= 10).any()  # nothing of the next episode
+    assert a.open_sequences() == 1  # the new episode's first sequence
+
+
+def _batch(net, steps=6, b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = {"obs": torch.randn(b, steps + 1, 2, generator=g), "prev_action": torch.randint(0, 2, (b, steps + 1), generator=g),
+         "prev_reward": torch.randn(b, steps + 1, generator=g), "action": torch.randint(0, 2, (b, steps), generator=g),
+         "reward": torch.randn(b, steps, generator=g), "terminated": torch.zeros(b, steps),
+         "mask": torch.ones(b, steps), "h0": torch.randn(b, net.lstm_size, generator=g),
+         "c0": torch.randn(b, net.lstm_size, generator=g)}
+    return Batch(data=d, keys=np.arange(b), weights=torch.ones(b))
+
+
+def test_the_stored_state_is_restored_before_the_burn_in_and_the_burn_in_gets_no_gradient():
+    torch.manual_seed(0)
+    net = R2D2Network((2,), 2, "mlp", (8,), 5)
+    batch = _batch(net)
+    d = batch.data
+    # by hand: step the network from (h0, c0) through every input, keep those after the burn-in
+    state, outs = (d["h0"], d["c0"]), []
+    for t in range(7):
+        q, state = net(d["obs"][:, t : t + 1], d["prev_action"][:, t : t + 1], d["prev_reward"][:, t : t + 1], state)
+        outs.append(q)
+    want = torch.cat(outs, dim=1)[:, 2:]
+    got = unroll(net, batch, burn_in=2)
+    torch.testing.assert_close(got, want)
+    # a different stored state changes the result: it is used
+    other = Batch(data=dict(d, h0=torch.zeros_like(d["h0"])), keys=batch.keys, weights=batch.weights)
+    assert not torch.allclose(unroll(net, other, 2), got)
+    # no gradient reaches the burn-in's inputs
+    obs = d["obs"].clone().requires_grad_(True)
+    unroll(net, Batch(data=dict(d, obs=obs), keys=batch.keys, weights=batch.weights), 2).sum().backward()
+    assert obs.grad[:, :2].abs().sum() == 0 and obs.grad[:, 2:].abs().sum() > 0
+
+
+def test_n_step_targets_by_hand():
+    # one sequence of 4 trained steps, 2 actions; n = 2, gamma 0.5; rescaling eps small
+    eps = 1e-3
+    q_online = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
+    q_target = torch.tensor([[[5.0, 6.0], [7.0, 8.0], [9.0, 10.0], [11.0, 12.0], [13.0, 14.0]]])
+    reward = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    terminated = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the episode terminated at step 2
+    y = n_step_targets(q_online, q_target, reward, terminated, mask, n_step=2, gamma=0.5, eps=eps)
+    v = lambda t, a: float(h_inv(q_target[0, t, a], eps))  # noqa: E731
+    want = [1 + 0.5 * 2 + 0.25 * v(2, 1),  # bootstrap at s_2 with a* = argmax online = 1
+            2 + 0.5 * 3,  # the window reaches the terminal step: no bootstrap
+            3.0]  # the terminal step itself
+    np.testing.assert_allclose(y[0, :3].numpy(), h(torch.tensor(want)).numpy(), rtol=1e-5)
+
+
+def test_a_truncated_episode_bootstraps_from_its_final_observation():
+    eps = 1e-3
+    q = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [3.0, 2.0]]])  # steps 0, 1 and the final observation
+    reward = torch.tensor([[1.0, 1.0]])
+    y = n_step_targets(q, q, reward, torch.zeros(1, 2), torch.ones(1, 2), n_step=3, gamma=0.9, eps=eps)
+    boot = float(h_inv(torch.tensor(3.0), eps))  # argmax at the final observation is action 0
+    np.testing.assert_allclose(y[0].numpy(), h(torch.tensor([1 + 0.9 + 0.81 * boot, 1 + 0.9 * boot])).numpy(),
+                               rtol=1e-5)
+
+
+def test_loss_gives_one_priority_per_sequence_and_a_gradient():
+    torch.manual_seed(1)
+    net, tgt = R2D2Network((2,), 2, "mlp", (8,), 5), R2D2Network((2,), 2, "mlp", (8,), 5)
+    out = r2d2_loss(net, tgt, _batch(net), burn_in=2, n_step=3, gamma=0.99, eta=0.9, eps=1e-3)
+    out.loss.backward()
+    assert out.priorities.shape == (3,) and (out.priorities > 0).all()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_serial_r2d2_runs_on_masked_cartpole(tmp_path):
+    from test_runtime import run_serial_cfg
+
+    cfg = config_with({"preset": "r2d2"}, runtime="serial", total_env_steps=3000, progress=False,
+                      **{"env.id": "distdqn/CartPoleMasked-v0", "r2d2.sequence_length": 8, "r2d2.sequence_period": 4,
+                         "r2d2.burn_in": 4, "r2d2.lstm_size": 16, "network.hidden_sizes": [16],
+                         "replay.min_replay_size": 64, "eval.eval_period": 0, "eval.eval_episodes": 2})
+    a = run_serial_cfg(cfg, tmp_path / "a")
+    b = run_serial_cfg(cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+    assert a["env_steps"] >= 3000 and a["updates"] > 0 and a["accounting_ok"] and a["final_eval_return"] > 0
