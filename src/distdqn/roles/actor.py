@@ -284,6 +284,7 @@ class Actor:
             "chunk_env_steps": self._chunk_env_steps,
             "chunk_restarts": self._chunk_restarts,
             "frames": self.frames.state_dict() if self.frames is not None else {},
+            "policy": self.policy.state_dict() if hasattr(self.policy, "state_dict") else {},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -318,6 +319,11 @@ class Actor:
             raise ValueError("actor checkpoint and actor disagree on frame deduplication (replay.frame_dedup)")
         if self.frames is not None:
             self.frames.load_state_dict(fr)
+        if state.get("policy") and hasattr(self.policy, "load_state_dict"):  # a recurrent policy's state
+            self.policy.load_state_dict(state["policy"])
         if not replayed:
             self.adder.reset()
             self._obs = self._started(self.runner.reset_all())
+            reset_state = getattr(self.policy, "reset_state", None)
+            if reset_state is not None:
+                reset_state()

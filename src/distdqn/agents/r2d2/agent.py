@@ -80,6 +80,16 @@ class RecurrentEpsilonGreedy:
     def after_step(self, actions: np.ndarray, reward: np.ndarray, done: np.ndarray) -> None:
         self.state.after_step(actions, reward, done)
 
+    def state_dict(self) -> dict:
+        s = self.state
+        return {"h": s.h.clone(), "c": s.c.clone(), "prev_action": torch.from_numpy(s.prev_action.copy()),
+                "prev_reward": torch.from_numpy(s.prev_reward.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.state
+        s.h, s.c = state["h"].clone(), state["c"].clone()
+        s.prev_action, s.prev_reward = state["prev_action"].numpy().copy(), state["prev_reward"].numpy().copy()
+
     def reset_state(self) -> None:
         """Every sub-env starts over (the env was recreated)."""
         self.state = RecurrentState(self.state.net, self.state.num_envs)

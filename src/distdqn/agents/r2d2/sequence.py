@@ -18,6 +18,7 @@ actor acted with before ``obs[0]``).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from distdqn.core import Field, ItemSpec
 
@@ -122,7 +123,30 @@ class SequenceAdder:
         return {name: np.stack([r[name] for r in ready]) for name in ready[0]}, None
 
     def state_dict(self) -> dict:
-        return {}
+        """The ready sequences and each sub-env's recorded steps, as tensors (exact resume)."""
+        ready = {name: torch.from_numpy(np.stack([r[name] for r in self._ready])) for name in self.spec} \
+            if self._ready else {}
+        bufs = [{k: torch.from_numpy(np.stack([np.asarray(st[k], dtype=dt) for st in b]))
+                 for k, dt in _STEP_DTYPES.items()} if b else {} for b in self._buf]
+        return {"ready": ready, "num_ready": len(self._ready), "buf": bufs, "base": list(self._base),
+                "t": list(self._t), "next_start": list(self._next_start)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.reset()  # a resumed run starts new sequences
+        self.reset()
+        if not state:
+            return
+        n = int(state["num_ready"])
+        self._ready = [{k: v[i].numpy().copy() for k, v in state["ready"].items()} for i in range(n)]
+        for i, b in enumerate(state["buf"]):
+            if not b:
+                continue
+            cols = {k: v.numpy() for k, v in b.items()}
+            cast = {"action": int, "reward": float, "terminated": bool, "prev_action": int, "prev_reward": float}
+            self._buf[i] = [{k: (cast[k](cols[k][j]) if k in cast else cols[k][j].copy()) for k in cols}
+                            for j in range(len(cols["action"]))]
+        self._base, self._t = [int(x) for x in state["base"]], [int(x) for x in state["t"]]
+        self._next_start = [int(x) for x in state["next_start"]]
+
+
+_STEP_DTYPES = {"obs": None, "action": np.int64, "reward": np.float64, "terminated": np.bool_, "h": np.float32,
+                "c": np.float32, "prev_action": np.int64, "prev_reward": np.float64}
