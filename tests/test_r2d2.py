@@ -176,3 +176,15 @@ def test_serial_r2d2_resume_is_bitwise_exact(tmp_path):
     resumed = run_serial_cfg(cfg(3000), tmp_path / "part", resume=True)
     assert full["env_steps"] == resumed["env_steps"] and full["updates"] == resumed["updates"] > 0
     assert torch.equal(final_params(tmp_path / "full"), final_params(tmp_path / "part"))
+
+
+def test_r2d2_learner_bench_row_measures_both_loops(tmp_path):
+    from distdqn.bench.r2d2_learning import measure_r2d2_learning
+    from distdqn.program import spaces_for
+
+    cfg = config_with({"preset": "r2d2"}, progress=False,
+                      **{"env.id": "distdqn/CartPoleMasked-v0", "r2d2.sequence_length": 8, "r2d2.sequence_period": 4,
+                         "r2d2.burn_in": 4, "r2d2.lstm_size": 16, "network.hidden_sizes": [16],
+                         "replay.min_replay_size": 64, "learner.batch_size": 8})
+    got = measure_r2d2_learning(cfg, spaces_for(cfg), 0.4, tmp_path)
+    assert got["ups"] > 0 and got["ceiling_ups"] > 0 and got["sequence_steps"] == 12 and got["replay_size"] >= 64

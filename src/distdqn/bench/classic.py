@@ -53,6 +53,13 @@ def throughput_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, wo
         learn = measure_impala_learning(cfg, spaces, seconds, work / "learn")
         label = f"(b) learning: updates/s, {learn['batch_size']} unrolls of {learn['unroll_length']} steps"
         ceiling = "(bare V-trace update)"
+    elif cfg.agent == "r2d2":
+        from distdqn.bench.r2d2_learning import measure_r2d2_learning
+
+        learn = measure_r2d2_learning(cfg, spaces, seconds, work / "learn")
+        label = (f"(b) learning: updates/s, {learn['batch_size']} sequences of {learn['sequence_steps']} steps "
+                 f"(burn-in {learn['burn_in']})")
+        ceiling = "(bare R2D2 update)"
     else:
         learn = measure_learning(cfg, spaces, seconds, work / "learn")
         label = f"(b) learning: updates/s, batch {learn['batch_size']}, replay {learn['replay_size']:,}"
