@@ -188,3 +188,16 @@ def test_r2d2_learner_bench_row_measures_both_loops(tmp_path):
                          "replay.min_replay_size": 64, "learner.batch_size": 8})
     got = measure_r2d2_learning(cfg, spaces_for(cfg), 0.4, tmp_path)
     assert got["ups"] > 0 and got["ceiling_ups"] > 0 and got["sequence_steps"] == 12 and got["replay_size"] >= 64
+
+
+def test_a_replay_larger_than_the_machine_is_refused_before_anything_starts():
+    from distdqn.config import ConfigError
+    from distdqn.program import check_replay_memory, spaces_for
+
+    cfg = config_with({"preset": "r2d2"}, **{"env.id": "distdqn/CartPoleMasked-v0"})
+    per_item = check_replay_memory(cfg, spaces_for(cfg)) // cfg.replay.capacity
+    # obs [121, 2] f32, prev_action [121] i64, prev_reward [121] f32, action [120] i64, reward, terminated,
+    # mask [120] f32, h0 and c0 [512] f32
+    assert per_item == 121 * 8 + 121 * 8 + 121 * 4 + 120 * 8 + 3 * 120 * 4 + 2 * 512 * 4
+    with pytest.raises(ConfigError, match=r"replay.capacity=20000; allowed: at most 12,042 here"):
+        check_replay_memory(cfg, spaces_for(cfg), memory_bytes=2**27)

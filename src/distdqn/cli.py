@@ -88,11 +88,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = build_config(args)
             run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        from distdqn.program import build_network, frame_dedup_enabled, spaces_for
+        from distdqn.program import build_network, check_replay_memory, frame_dedup_enabled, spaces_for
 
         spaces = spaces_for(cfg)
         build_network(cfg, spaces)  # a network the observations do not fit fails here, with the key
         frame_dedup_enabled(cfg, spaces)  # replay.frame_dedup=on needs frame stacks
+        check_replay_memory(cfg, spaces)  # a replay larger than the machine fails here, not mid-run
         _check_devices(cfg)
         if cfg.runtime == "local":
             # The config and the env are valid: start the fork server now, so that its imports

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import torch
@@ -67,6 +68,31 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
 
         return cfg.env.id in FRAME_STACKED_IDS
     return False
+
+
+def check_replay_memory(cfg: ExperimentConfig, spaces: EnvSpaces, memory_bytes: int | None = None) -> int:
+    """The bytes a full replay of whole items takes (``replay.capacity`` x the item spec's
+    size; frame-deduplicated storage is sized by frames, and not checked here).
+
+    Raises:
+        ConfigError: it exceeds 80% of this machine's memory (``memory_bytes``; default the
+            physical memory), naming ``replay.capacity`` and the largest that fits.
+    """
+    if frame_dedup_enabled(cfg, spaces):
+        return 0
+    per_item = sum(int(np.prod(f.shape)) * f.np_dtype.itemsize for _, f in item_spec(cfg, spaces).fields)
+    total = per_item * cfg.replay.capacity
+    if memory_bytes is None:
+        try:
+            memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+            return total
+    fits = int(0.8 * memory_bytes) // max(per_item, 1)
+    if cfg.replay.capacity > fits:
+        raise ConfigError("replay.capacity", cfg.replay.capacity,
+                          f"at most {fits:,} here: each item takes {per_item:,} bytes, so {cfg.replay.capacity:,} "
+                          f"need {total / 2**30:.1f} GiB of the {memory_bytes / 2**30:.1f} GiB this machine has")
+    return total
 
 
 def build_agent(cfg: ExperimentConfig, spaces: EnvSpaces) -> Agent:
