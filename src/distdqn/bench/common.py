@@ -129,3 +129,22 @@ def local_run(cfg: ExperimentConfig, spaces: EnvSpaces, run_dir: Path, **kwargs:
     if summary.get("stop_reason") in ("SIGINT", "SIGTERM"):
         raise BenchError(f"interrupted ({summary['stop_reason']}); the benchmark stops")
     return summary
+
+
+def learning_step_under_test(cfg: ExperimentConfig, spaces: EnvSpaces) -> tuple[ExperimentConfig, Any, Any, Any, Any]:
+    """``(cfg, replay, parameter server, updater, shared parameters)`` of the learning step a
+    (b) row times: ``cfg`` without evaluation or checkpoints, on ``learner.torch_threads``
+    threads, publishing into shared memory as the local runtime does."""
+    import multiprocessing as mp
+
+    import torch
+
+    from distdqn.config import replace
+    from distdqn.program import build_parameter_server, build_replay
+    from distdqn.runtime.local.shared import SharedParams
+    from distdqn.topologies import make_updater
+
+    c = replace(cfg, **{"eval.eval_period": 0, "eval.target_return": None, "checkpoint_period": 0})
+    torch.set_num_threads(c.learner.torch_threads)
+    replay, ps = build_replay(c, spaces), build_parameter_server(c, spaces)
+    return c, replay, ps, make_updater(c, spaces, ps), SharedParams(mp.get_context("spawn"), ps.num_params)

@@ -3,7 +3,6 @@ update loop on batches of the same size."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,16 @@ from torch import nn
 
 from distdqn.agents.actor_critic.loss import split_outputs
 from distdqn.agents.actor_critic.vtrace import vtrace
-from distdqn.bench.common import LEARNING_ROUNDS
-from distdqn.config import ExperimentConfig, replace
+from distdqn.bench.common import LEARNING_ROUNDS, learning_step_under_test
+from distdqn.config import ExperimentConfig
 from distdqn.core import Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import (
     build_network,
-    build_parameter_server,
-    build_replay,
     item_spec,
     learner_device,
 )
 from distdqn.roles.optim import make_optimizer
-from distdqn.runtime.local.shared import SharedParams
-from distdqn.topologies import make_updater
 
 
 def random_unrolls(cfg: ExperimentConfig, spaces: EnvSpaces, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -89,11 +84,7 @@ def measure_impala_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: f
     around the steps only: the FIFO reads each unroll once, so it is refilled with random
     unrolls between steps, outside the clock. Ceiling: :class:`BareVTraceUpdate`.
     """
-    c = replace(cfg, **{"eval.eval_period": 0, "eval.target_return": None, "checkpoint_period": 0})
-    torch.set_num_threads(c.learner.torch_threads)
-    replay, ps = build_replay(c, spaces), build_parameter_server(c, spaces)
-    up = make_updater(c, spaces, ps)
-    shared = SharedParams(mp.get_context("spawn"), ps.num_params)
+    c, replay, ps, up, shared = learning_step_under_test(cfg, spaces)
     rng = np.random.default_rng([cfg.seed, 14])
     spec, b = item_spec(c, spaces), c.learner.batch_size
     pool = [random_unrolls(c, spaces, b, rng) for _ in range(4)]

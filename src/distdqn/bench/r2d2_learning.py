@@ -5,7 +5,6 @@ clipping and optimizer step, with no replay, priorities, target copy or publicat
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from distdqn.bench.common import LEARNING_ROUNDS
-from distdqn.config import ExperimentConfig, replace
+from distdqn.bench.common import LEARNING_ROUNDS, learning_step_under_test
+from distdqn.config import ExperimentConfig
 from distdqn.core import Batch, Chunk
 from distdqn.envs import EnvSpaces
-from distdqn.program import build_agent, build_network, build_parameter_server, build_replay, item_spec, learner_device
+from distdqn.program import build_agent, build_network, item_spec, learner_device
 from distdqn.roles.optim import make_optimizer
-from distdqn.runtime.local.shared import SharedParams
-from distdqn.topologies import make_updater
 
 
 def random_sequences(cfg: ExperimentConfig, spaces: EnvSpaces, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -71,11 +68,7 @@ def measure_r2d2_learning(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: flo
     """(b) figure and ceiling, alternating in :data:`LEARNING_ROUNDS` rounds. Figure: the
     apex learning step (prioritized draw of ``batch_size`` sequences, learn, priority update,
     publication written to shared memory) on a replay filled with random sequences."""
-    c = replace(cfg, **{"eval.eval_period": 0, "eval.target_return": None, "checkpoint_period": 0})
-    torch.set_num_threads(c.learner.torch_threads)
-    replay, ps = build_replay(c, spaces), build_parameter_server(c, spaces)
-    up = make_updater(c, spaces, ps)
-    shared = SharedParams(mp.get_context("spawn"), ps.num_params)
+    c, replay, ps, up, shared = learning_step_under_test(cfg, spaces)
     rng = np.random.default_rng([cfg.seed, 16])
     spec, b = item_spec(c, spaces), c.learner.batch_size
     fill = max(c.replay.min_replay_size, 4 * b)

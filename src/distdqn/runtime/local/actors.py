@@ -22,20 +22,18 @@ from __future__ import annotations
 import collections
 import logging
 import queue as queue_mod
-import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_actor, frame_dedup_enabled
 from distdqn.runtime.driver import RunAborted
-from distdqn.runtime.local.processes import ParentWatch, expected_parent
+from distdqn.runtime.local.processes import ParentWatch, child_setup, expected_parent, wait_for_params
 from distdqn.runtime.local.shared import SharedParams
 
 log = logging.getLogger(__name__)
@@ -59,14 +57,10 @@ def actor_main(actor_id: int, generation: int, cfg: ExperimentConfig, spaces: En
     """Body of an actor process: sync parameters, step, send chunks, until told to stop
     (or until the learner process is gone; ``parent_pid`` as for ``ParentWatch``)."""
     parent = ParentWatch(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING, format=f"[actor {actor_id}] %(levelname)s %(message)s")
+    child_setup(f"actor {actor_id}")
     actor = build_actor(cfg, spaces, actor_id, generation)
-    while params.version() < 0 and not stop_event.is_set():  # the learner side is being built
-        if parent.gone():
-            return
-        time.sleep(0.01)
+    if not wait_for_params(params, stop_event, parent):
+        return
     steps = 0
     try:
         while True:

@@ -62,3 +62,28 @@ class ParentWatch:
 
     def gone(self) -> bool:
         return os.getppid() != self.first or (self.expected is not None and self.first != self.expected)
+
+
+def child_setup(label: str) -> None:
+    """A worker child's start: Ctrl-C is the learner process's to handle, one torch
+    thread, warnings on stderr tagged with ``label``."""
+    import logging
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format=f"[{label}] %(levelname)s %(message)s")
+
+
+def wait_for_params(params: Any, stop_event: Any, parent: ParentWatch) -> bool:
+    """Wait while the learner side is being built (no parameters published yet); False
+    when the learner process is gone meanwhile."""
+    import time
+
+    while params.version() < 0 and not stop_event.is_set():
+        if parent.gone():
+            return False
+        time.sleep(0.01)
+    return True

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import logging
 import queue as queue_mod
-import signal
 import struct
 import time
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from distdqn.config import ExperimentConfig
 from distdqn.envs import EnvSpaces
@@ -45,7 +43,7 @@ from distdqn.program import build_env_worker, build_inference_server
 from distdqn.roles.env_worker import HalfStep
 from distdqn.roles.inference import DynamicBatcher
 from distdqn.runtime.local.actors import JOIN_GRACE_S, ActorHandle, ActorPool
-from distdqn.runtime.local.processes import ParentWatch, expected_parent
+from distdqn.runtime.local.processes import ParentWatch, child_setup, expected_parent, wait_for_params
 from distdqn.runtime.local.shared import SharedParams
 
 log = logging.getLogger(__name__)
@@ -113,12 +111,6 @@ def read_step(v: dict[str, np.ndarray], h: int) -> HalfStep:
                     v[f"ep_return{h}"][:n].tolist(), v[f"ep_length{h}"][:n].tolist(), bool(restarted))
 
 
-def _child_setup(label: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner process coordinates shutdown
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING, format=f"[{label}] %(levelname)s %(message)s")
-
-
 def _stopping(stop_event: Any, parent: ParentWatch) -> bool:
     return stop_event.is_set() or parent.gone()
 
@@ -128,7 +120,7 @@ def env_worker_main(worker_id: int, generation: int, cfg: ExperimentConfig, bloc
     """Body of an env-worker process: announce this generation, then step whichever half
     the server sends actions for, until told to stop."""
     parent = ParentWatch(parent_pid)
-    _child_setup(f"env worker {worker_id}")
+    child_setup(f"env worker {worker_id}")
     v = block.views(raw)
     worker = build_env_worker(cfg, worker_id, generation)
     try:
@@ -252,13 +244,11 @@ def seed_server_main(generation: int, cfg: ExperimentConfig, spaces: EnvSpaces, 
     """Body of the inference-server process: requests in, batched passes, actions out,
     chunks to the driver; on a graceful stop every slot's complete items are sent."""
     parent = ParentWatch(parent_pid)
-    _child_setup("inference")
+    child_setup("inference")
     s = _Server(generation, cfg, spaces, block, raws, conns, out_conn)
     index = {id(c): w for w, c in enumerate(conns)}
-    while params.version() < 0 and not stop_event.is_set():  # the learner side is being built
-        if parent.gone():
-            return
-        time.sleep(0.01)
+    if not wait_for_params(params, stop_event, parent):
+        return
     loops = 0
     try:
         while True:
