@@ -169,6 +169,8 @@ class ActorPool:
         self._restart_times: collections.deque[float] = collections.deque()
         self._rr = 0
         self.inbox_chunks = INBOX_CHUNKS
+        self.per_take = 1
+        """Chunks :meth:`take` hands over from one inbox per pass."""
 
     def attach(self, h: ActorHandle, reader: Any, proc: Any) -> None:
         """Receive a process's chunks into the handle's inbox (the process may be a colocated worker)."""
@@ -197,19 +199,23 @@ class ActorPool:
             self.start(h)
 
     def take(self, can_insert: Callable[[], bool], ingest: Callable[[Any], None]) -> bool:
-        """Hand chunks to ``ingest`` from the inboxes in turn while ``can_insert()``; True when any."""
+        """Hand chunks to ``ingest`` from the inboxes in turn (up to :attr:`per_take` from
+        each) while ``can_insert()``; True when any."""
         took = False
         n = len(self.handles)
         for k in range(n):
             h = self.handles[(self._rr + k) % n]
             if h.inbox is None or not can_insert():
                 break
-            try:
-                chunk = h.inbox.get_nowait()
-            except queue_mod.Empty:
-                continue
-            ingest(chunk)
-            h.delivered = took = True
+            for _ in range(self.per_take):
+                try:
+                    chunk = h.inbox.get_nowait()
+                except queue_mod.Empty:
+                    break
+                ingest(chunk)
+                h.delivered = took = True
+                if not can_insert():
+                    break
         self._rr += 1
         return took
 

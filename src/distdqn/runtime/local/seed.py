@@ -29,7 +29,6 @@ Failures (the driver supervises every process):
 from __future__ import annotations
 
 import logging
-import queue as queue_mod
 import struct
 import time
 from multiprocessing.connection import wait as wait_any
@@ -286,7 +285,7 @@ class SeedPool(ActorPool):
         self.workers = [ActorHandle(w) for w in range(cfg.actor.num_actors)]
         for h in self.workers:
             h.label = f"env worker {h.actor_id}"
-        self.inbox_chunks = cfg.actor.num_actors * splits  # one per slot
+        self.inbox_chunks = self.per_take = cfg.actor.num_actors * splits  # one per slot
         # The server's pipe carries every slot's chunks: room for one per slot, so that a send
         # does not wait for the receiver thread (which shares the driver's interpreter).
         self._pipe_bytes *= self.inbox_chunks
@@ -335,18 +334,6 @@ class SeedPool(ActorPool):
                     log.warning("%s did not stop in %.0fs; killing it", w.label, grace)
                 w.proc.kill()
                 w.proc.join(timeout=5)
-
-    def take(self, can_insert: Callable[[], bool], ingest: Callable[[Any], None]) -> bool:
-        """Hand every chunk waiting in the server's inbox to ``ingest`` while ``can_insert()``."""
-        h, took = self.handles[0], False
-        while h.inbox is not None and can_insert():
-            try:
-                chunk = h.inbox.get_nowait()
-            except queue_mod.Empty:
-                break
-            ingest(chunk)
-            h.delivered = took = True
-        return took
 
     def stop_unstarted(self) -> None:
         super().stop_unstarted()
