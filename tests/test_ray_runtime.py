@@ -219,18 +219,21 @@ def test_ray_seed_learns_cartpole(tmp_path):
 
 
 class KillEnvWorkerThenServer:
-    """``on_poll`` hook: kill env worker 0 (actor role 1), later the server (actor role 0)."""
+    """``on_poll`` hook: kill env worker 0 (actor role 1); once its open n-step windows are
+    counted as dropped (the server saw the restarted worker), kill the server (role 0)."""
 
-    def __init__(self, worker_at: int, server_at: int):
-        self.worker_at, self.server_at = worker_at, server_at
+    def __init__(self, worker_at: int):
+        self.worker_at = worker_at
         self.killed: list[str] = []
+        self.dropped_at_server_kill = 0
 
     def __call__(self, co, roles) -> None:
         actors = {r.index: r for r in roles if r.kind == "actor"}
         if not self.killed and co.c.env_steps >= self.worker_at and co.updates > 0:
             ray.kill(actors[1].handle, no_restart=False)
             self.killed.append("worker")
-        elif self.killed == ["worker"] and co.c.env_steps >= self.server_at:
+        elif self.killed == ["worker"] and co.c.dropped > 0:
+            self.dropped_at_server_kill = co.c.dropped
             ray.kill(actors[0].handle, no_restart=False)
             self.killed.append("server")
 
@@ -238,9 +241,10 @@ class KillEnvWorkerThenServer:
 def test_ray_seed_killed_env_worker_and_server_are_restarted(tmp_path):
     """A killed env worker is restarted and the server counts its open n-step windows as
     dropped; a killed server is restarted (it asks every half for new observations)."""
-    kill = KillEnvWorkerThenServer(worker_at=3000, server_at=8000)
-    s = run(cfg_of(preset="seed", total_env_steps=14_000), tmp_path, on_poll=kill)
-    assert kill.killed == ["worker", "server"]
-    assert s["actor_restarts"] == 2 and s["env_steps"] >= 14_000
-    assert s["dropped"] > 0  # the killed worker's open windows, counted by the server (a killed server's are lost)
+    kill = KillEnvWorkerThenServer(worker_at=3000)
+    s = run(cfg_of(preset="seed", total_env_steps=16_000), tmp_path, on_poll=kill)
+    assert kill.killed == ["worker", "server"]  # the server is killed once the worker's windows are counted
+    assert s["actor_restarts"] == 2 and s["env_steps"] >= 16_000
+    assert s["dropped"] >= kill.dropped_at_server_kill > 0
+    assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
     assert s["produced"] == s["inserted"] + s["rejected"] + s["dropped"]
