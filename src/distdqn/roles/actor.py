@@ -83,6 +83,8 @@ class Actor:
         self._chunk_env_steps = 0
         self._chunk_restarts = 0
         self._chunk_trigger = agent.chunk_trigger(cfg.chunk_size, self.num_envs)
+        # A recurrent policy hears of every step (its previous action and reward, episode ends).
+        self._after_step = getattr(self.policy, "after_step", None)
 
     def _started(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` of sub-envs that all just started an episode (their reset frames numbered)."""
@@ -218,9 +220,8 @@ class Actor:
             next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), reset_obs, next_obs)
             if self.frames is not None:
                 self.frames.ids[done] = self.frames.episode_starts(reset_obs[done])
-        after_step = getattr(self.policy, "after_step", None)  # a recurrent policy's previous action/reward
-        if after_step is not None:
-            after_step(actions, reward, done)
+        if self._after_step is not None:
+            self._after_step(actions, reward, done)
         self._obs = next_obs
         if self.adder.num_recorded >= self._chunk_trigger:
             return self._make_chunk()

@@ -83,13 +83,9 @@ class InferenceServer:
         if actor is None:
             return None
         self.slots[slot] = None
-        last = actor.flush()
-        open_items = int(actor.adder.num_recorded)
-        if last is None and open_items == 0:
-            return None
-        if last is None:
-            last = Chunk(data={}, spec=actor.adder.spec, actor_id=slot, param_version=actor.param_version)
-        last.dropped = open_items
+        last = actor.flush()  # None only when nothing was recorded since the last chunk
+        if last is not None:
+            last.dropped = int(actor.adder.num_recorded)  # the open windows, after the flush
         return last
 
     def flush(self, slot: int) -> Chunk | None:

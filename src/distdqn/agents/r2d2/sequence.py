@@ -106,9 +106,9 @@ class SequenceAdder:
             s["prev_action"][j], s["prev_reward"][j] = st["prev_action"], st["prev_reward"]
             s["action"][j], s["reward"][j] = st["action"], st["reward"]
             s["terminated"][j], s["mask"][j] = float(st["terminated"]), 1.0
-        # the observation after the last step: the next step's, or this step's next_obs
-        after = start + n - self._base[i]
-        s["obs"][n] = self._buf[i][after]["obs"] if after < len(self._buf[i]) else last_next_obs
+        # A sequence is emitted at the step that completes it or ends its episode, so the
+        # observation after its last step is that step's next_obs.
+        s["obs"][n] = last_next_obs
         s["prev_action"][n], s["prev_reward"][n] = steps[-1]["action"], steps[-1]["reward"]
         s["prev_action"][n + 1 :] = -1
         s["h0"][...], s["c0"][...] = steps[0]["h"], steps[0]["c"]
