@@ -8,7 +8,7 @@ import pytest
 import torch
 from _util import config_with
 
-from distdqn.agents.r2d2.loss import mixed_priorities, n_step_targets, r2d2_loss, unroll
+from distdqn.agents.r2d2.loss import mixed_priorities, n_step_targets, r2d2_loss, trained_steps, unroll
 from distdqn.agents.r2d2.network import R2D2Network
 from distdqn.agents.r2d2.rescale import h, h_inv
 from distdqn.agents.r2d2.sequence import SequenceAdder, sequence_spec
@@ -98,16 +98,24 @@ def test_the_stored_state_is_restored_before_the_burn_in_and_the_burn_in_gets_no
     for t in range(7):
         q, state = net(d["obs"][:, t : t + 1], d["prev_action"][:, t : t + 1], d["prev_reward"][:, t : t + 1], state)
         outs.append(q)
-    want = torch.cat(outs, dim=1)[:, 2:]
+    want = torch.cat(outs, dim=1)
     got = unroll(net, batch, burn_in=2)
     torch.testing.assert_close(got, want)
+    with torch.no_grad():  # the target network's pass: one unroll, same values
+        torch.testing.assert_close(unroll(net, batch, burn_in=2), want)
     # a different stored state changes the result: it is used
     other = Batch(data=dict(d, h0=torch.zeros_like(d["h0"])), keys=batch.keys, weights=batch.weights)
     assert not torch.allclose(unroll(net, other, 2), got)
-    # no gradient reaches the burn-in's inputs
+    # no gradient reaches the burn-in's inputs of a sequence that starts inside its episode;
+    # one that starts at its episode's start (no previous action) is trained from step 0
+    prev = d["prev_action"].clone()
+    prev[1, 0] = -1
     obs = d["obs"].clone().requires_grad_(True)
-    unroll(net, Batch(data=dict(d, obs=obs), keys=batch.keys, weights=batch.weights), 2).sum().backward()
-    assert obs.grad[:, :2].abs().sum() == 0 and obs.grad[:, 2:].abs().sum() > 0
+    started = Batch(data=dict(d, obs=obs, prev_action=prev), keys=batch.keys, weights=batch.weights)
+    unroll(net, started, 2).sum().backward()
+    assert obs.grad[[0, 2], :2].abs().sum() == 0 and obs.grad[:, 2:].abs().sum() > 0
+    assert obs.grad[1, :2].abs().sum() > 0
+    np.testing.assert_array_equal(trained_steps(started, 2).numpy(), [[0, 0, 1, 1, 1, 1], [1] * 6, [0, 0, 1, 1, 1, 1]])
 
 
 def test_n_step_targets_by_hand():

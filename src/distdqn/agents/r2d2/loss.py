@@ -3,7 +3,11 @@ invertible value rescaling, on sequences unrolled from their stored state after 
 that receives no gradient; priorities mixed from the sequence's TD errors.
 
 For a sequence of T steps (:mod:`distdqn.agents.r2d2.sequence`) with burn-in B, the trained
-steps are t = B..T-1 with ``mask`` 1. With m the steps to the first of: n, the episode's end,
+steps are t = B..T-1 with ``mask`` 1. A sequence that starts at its episode's start
+(``prev_action[0] == -1``) starts from the exact state, the zero state the actor acted from,
+so it needs no burn-in: its steps 0..B-1 are trained too. Without that an episode's first B
+steps would be trained by no sequence, and an episode shorter than B (CartPole's early
+failures) would teach nothing. With m the steps to the first of: n, the episode's end,
 the sequence's end,
 
     y_t = h( sum_{k<m} gamma^k r_{t+k} + [not terminated] gamma^m h^-1(Q_target(s_{t+m}, a*)) ),
@@ -35,27 +39,50 @@ def mixed_priorities(td_abs: torch.Tensor, mask: torch.Tensor, eta: float) -> to
     return torch.where(count > 0, eta * mx + (1.0 - eta) * mean, torch.zeros_like(mean))
 
 
+def episode_starts(batch: Batch) -> torch.Tensor:
+    """``[B]`` bool: the sequences that start at their episode's start (no previous action)."""
+    return batch.data["prev_action"][:, 0] < 0
+
+
+def trained_steps(batch: Batch, burn_in: int) -> torch.Tensor:
+    """``[B, T]`` float: 1 at the steps the loss trains (module docstring)."""
+    d = batch.data
+    mask = d["mask"].float()
+    after = (torch.arange(mask.shape[1], device=mask.device) >= burn_in).unsqueeze(0)
+    return mask * (after | episode_starts(batch).unsqueeze(1)).float()
+
+
 def unroll(net: nn.Module, batch: Batch, burn_in: int) -> torch.Tensor:
-    """``[B, T + 1 - burn_in, A]`` Q-values of ``net`` for the steps after the burn-in,
-    unrolled from the stored state; the burn-in runs without gradient."""
+    """``[B, T + 1, A]`` Q-values of ``net`` for every step and the observation after the
+    last, unrolled from the stored state. Under autograd, the burn-in of a sequence that
+    starts inside its episode runs without gradient, and the state after it is detached;
+    one that starts at its episode's start gets gradient through it (module docstring)."""
     d = batch.data
     state = (d["h0"], d["c0"])
-    if burn_in > 0:
-        with torch.no_grad():
-            _, state = net(d["obs"][:, :burn_in], d["prev_action"][:, :burn_in], d["prev_reward"][:, :burn_in], state)
-        state = (state[0].detach(), state[1].detach())
-    q, _ = net(d["obs"][:, burn_in:], d["prev_action"][:, burn_in:], d["prev_reward"][:, burn_in:], state)
-    return q
+    inputs = (d["obs"], d["prev_action"], d["prev_reward"])
+    if burn_in <= 0 or not torch.is_grad_enabled():
+        return net(*inputs, state)[0]
+    head = tuple(x[:, :burn_in] for x in inputs)
+    with torch.no_grad():
+        q_burn, state = net(*head, state)
+    first = torch.nonzero(episode_starts(batch)).squeeze(1)
+    if first.numel():
+        q_first, s_first = net(*(x[first] for x in head), (d["h0"][first], d["c0"][first]))
+        q_burn = q_burn.index_put((first,), q_first)
+        state = (state[0].index_put((first,), s_first[0]), state[1].index_put((first,), s_first[1]))
+    q, _ = net(*(x[:, burn_in:] for x in inputs), state)
+    return torch.cat([q_burn, q], dim=1)
 
 
 def n_step_targets(q_online: torch.Tensor, q_target: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor,
                    mask: torch.Tensor, n_step: int, gamma: float, eps: float) -> torch.Tensor:
-    """``[B, L]`` rescaled targets y_t of the L trained steps (module docstring).
+    """``[B, L]`` rescaled targets y_t of L steps (module docstring); a window stops at the
+    first step with ``mask`` 0, and a step with ``mask`` 0 gets no window.
 
     Args:
-        q_online, q_target: ``[B, L + 1, A]`` Q-values of the trained steps and the
-            observation after the last one.
-        reward, terminated, mask: ``[B, L]`` of the trained steps.
+        q_online, q_target: ``[B, L + 1, A]`` Q-values of the steps and the observation
+            after the last one.
+        reward, terminated, mask: ``[B, L]``.
     """
     b, steps = reward.shape
     boot = h_inv(q_target.gather(2, q_online.argmax(dim=2, keepdim=True)).squeeze(2), eps)  # [B, L+1]
@@ -82,13 +109,13 @@ def r2d2_loss(online: nn.Module, target: nn.Module, batch: Batch, autocast: cont
               *, burn_in: int, n_step: int, gamma: float, eta: float, eps: float, kind: str = "mse") -> LossOutput:
     """The loss of a batch of sequences (module docstring); priorities ``[B]``."""
     d = batch.data
-    q = unroll(online, batch, burn_in)  # [B, L+1, A]
+    q = unroll(online, batch, burn_in)  # [B, T+1, A]
+    mask = trained_steps(batch, burn_in)  # [B, T]
     with torch.no_grad():
         q_t = unroll(target, batch, burn_in)
-        y = n_step_targets(q.detach(), q_t, d["reward"][:, burn_in:].float(), d["terminated"][:, burn_in:].float(),
-                           d["mask"][:, burn_in:].float(), n_step, gamma, eps)
-    mask = d["mask"][:, burn_in:].float()
-    q_sa = q[:, :-1].gather(2, d["action"][:, burn_in:].unsqueeze(2)).squeeze(2)
+        # windows look forward only, so the trained steps' mask also ends them at the episode's end
+        y = n_step_targets(q.detach(), q_t, d["reward"].float(), d["terminated"].float(), mask, n_step, gamma, eps)
+    q_sa = q[:, :-1].gather(2, d["action"].unsqueeze(2)).squeeze(2)
     td = q_sa - y
     if kind == "huber":
         per = nn.functional.smooth_l1_loss(q_sa, y, reduction="none")
