@@ -67,13 +67,20 @@ def test_split_sizes():
         split_sizes(5, 2)
 
 
-def test_the_server_builds_the_items_an_apex_actor_builds_from_the_same_stream():
+R2D2_SMALL = {"env.id": "distdqn/CartPoleMasked-v0", "r2d2.sequence_length": 8, "r2d2.sequence_period": 4,
+              "r2d2.burn_in": 4, "r2d2.lstm_size": 16, "network.hidden_sizes": [16]}
+
+
+@pytest.mark.parametrize("agent_name", ["dqn", "r2d2"])
+def test_the_server_builds_the_items_an_apex_actor_builds_from_the_same_stream(agent_name):
     """An apex actor steps CartPole; its stream of observations, actions and env results is
     replayed into an inference-server slot (its actions taken from the stream): the chunks,
     initial priorities and episode figures are equal, including truncations (a short
-    time limit) and episode ends inside n-step windows."""
-    cfg = config_with({}, **{"actor.trace_network": False, "env.envs_per_actor": 4, "actor.chunk_size": 32,
-                             "env.kwargs": {"max_episode_steps": 30}})
+    time limit) and episode ends inside n-step windows. For r2d2 the sequences' stored
+    states come from the server's batched pass, which carries each env's LSTM state."""
+    extra = {"actor.chunk_size": 32} if agent_name == "dqn" else {"actor.chunk_size": 4, **R2D2_SMALL}
+    cfg = config_with({"preset": "apex" if agent_name == "dqn" else "r2d2"}, **{"actor.trace_network": False, "env.envs_per_actor": 4,
+                             "env.kwargs": {"max_episode_steps": 30}, **extra})
     spaces = env_spaces(cfg.env)
     agent = build_agent(cfg, spaces)
     spec = ActorSpec(actor_id=0, num_actors=1, seed=11, gamma=cfg.learner.gamma, compute_priorities=True)
@@ -119,7 +126,12 @@ def test_the_server_builds_the_items_an_apex_actor_builds_from_the_same_stream()
         np.testing.assert_array_equal(g.priority, w.priority)
         assert g.episode_returns == w.episode_returns and g.episode_lengths == w.episode_lengths
         assert g.env_steps == w.env_steps
-    assert any(w.episode_returns for w in want) and any((w.discount == 0).any() for w in want)
+    assert any(w.episode_returns for w in want)
+    if agent_name == "dqn":
+        assert any((w.discount == 0).any() for w in want)
+    else:
+        assert any(w.data["terminated"].any() for w in want)
+        assert any(np.abs(w.data["h0"]).sum() > 0 for w in want)  # stored states were carried
 
 
 def test_closing_a_slot_sends_its_complete_items_and_counts_its_open_windows():
@@ -168,6 +180,22 @@ def test_serial_seed_is_deterministic(tmp_path):
     assert a["env_steps"] >= 3000 and a["updates"] > 0 and a["accounting_ok"] and a["dropped"] == 0
     header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "inference_batch" in header and "inference_latency_ms_p50" not in header  # no wall-clock column
+
+
+def test_seed_with_the_r2d2_agent_takes_both_sets_of_defaults_and_runs_serially(tmp_path):
+    """``--preset seed --agent r2d2`` (SEED RL's own pairing): R2D2's settings and SEED's
+    halves; the serial run is deterministic and its sequences reach the learner."""
+    cfg = config_with({"preset": "seed", "agent": "r2d2"})
+    assert (cfg.learner.gamma, cfg.replay.priority_exponent, cfg.actor.n_step) == (0.997, 0.9, 5)
+    assert (cfg.env.envs_per_actor, cfg.inference.max_batch) == (8, 8)
+    with pytest.raises(ConfigError, match="agent='r2d2' with topology='gorila'.*apex, seed"):
+        config_with({"agent": "r2d2", "topology": "gorila"})
+    cfg = config_with({"preset": "seed", "agent": "r2d2"}, runtime="serial", total_env_steps=2000, progress=False,
+                      **{**R2D2_SMALL, "replay.min_replay_size": 32, "eval.eval_period": 0, "eval.eval_episodes": 1})
+    a = run_serial_cfg(cfg, tmp_path / "a")
+    run_serial_cfg(cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+    assert a["env_steps"] >= 2000 and a["updates"] > 0 and a["accounting_ok"] and a["dropped"] == 0
 
 
 def test_seed_config_errors():

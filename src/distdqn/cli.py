@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distdqn.config import (
+    AGENT_TOPOLOGIES,
     PRESETS,
     ConfigError,
     ExperimentConfig,
@@ -88,7 +89,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = build_config(args)
             run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        from distdqn.program import build_network, check_replay_memory, frame_dedup_enabled, spaces_for
+        from distdqn.program import (
+            build_network,
+            check_replay_memory,
+            frame_dedup_enabled,
+            spaces_for,
+        )
 
         spaces = spaces_for(cfg)
         build_network(cfg, spaces)  # a network the observations do not fit fails here, with the key
@@ -248,9 +254,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or --resume) a run")
-    t.add_argument("--preset", help="a tested agent + topology: apex (default), gorila or sync")
-    t.add_argument("--agent", help="what is learned (overrides the preset's): dqn")
-    t.add_argument("--topology", help="which roles and data flow (overrides the preset's): apex, gorila or sync")
+    t.add_argument("--preset", help="a tested agent + topology: " + ", ".join(PRESETS) + " (default apex)")
+    t.add_argument("--agent", help="what is learned (overrides the preset's): " + ", ".join(AGENT_TOPOLOGIES))
+    t.add_argument("--topology", help="which roles and data flow (overrides the preset's): "
+                   + "; ".join(f"{a}: {', '.join(ts)}" for a, ts in AGENT_TOPOLOGIES.items()))
     t.add_argument("--learners", type=int, help="learners (gorila, sync)")
     t.add_argument("--colocate", action="store_true", help="gorila/sync: actor i and learner i share a process")
     t.add_argument("--env", help="Gymnasium id, e.g. CartPole-v1 or ALE/Pong-v5")

@@ -41,6 +41,13 @@ class Policy(Protocol):
         """The exploration rate in use (for metrics)."""
         ...
 
+    def choose(self, q: np.ndarray, env_steps: int) -> np.ndarray:
+        """``[E]`` actions from ``[E, A]`` Q-values computed elsewhere (SEED RL's central
+        inference). A recurrent policy also has ``pass_inputs(obs)`` and
+        ``pass_outputs(rows)``, its rows of its agent's ``batched_forward`` (its per-env
+        state travels with them)."""
+        ...
+
 
 class Adder(Protocol):
     """Items from an actor's stream of vector steps."""

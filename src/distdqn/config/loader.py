@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from distdqn.config.errors import ConfigError
-from distdqn.config.presets import PRESETS, TOPOLOGY_DEFAULTS
+from distdqn.config.presets import AGENT_DEFAULTS, PRESETS, TOPOLOGY_DEFAULTS
 from distdqn.config.schema import ExperimentConfig
 
 
@@ -90,8 +90,9 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from nested plain data.
 
     The preset named by ``data["preset"]`` (default ``apex``) names the agent and the
-    topology unless ``data`` gives them; the topology's defaults
-    (:data:`~distdqn.config.schema.TOPOLOGY_DEFAULTS`), then the preset's overrides, then
+    topology unless ``data`` gives them; the agent's defaults
+    (:data:`~distdqn.config.presets.AGENT_DEFAULTS`), then the topology's
+    (:data:`~distdqn.config.presets.TOPOLOGY_DEFAULTS`), then the preset's overrides, then
     ``data`` make the values. Run directories that name only a preset resolve as before.
     Raises :class:`ConfigError`.
     """
@@ -100,7 +101,8 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError("preset", preset, "one of " + ", ".join(PRESETS))
     p = PRESETS[preset]
     chosen = {"agent": data.get("agent", p.agent), "topology": data.get("topology", p.topology)}
-    base = _deep_merge(TOPOLOGY_DEFAULTS.get(chosen["topology"], {}), p.overrides)
+    base = _deep_merge(AGENT_DEFAULTS.get(chosen["agent"], {}), TOPOLOGY_DEFAULTS.get(chosen["topology"], {}))
+    base = _deep_merge(base, p.overrides)
     return _build(ExperimentConfig, _deep_merge(_deep_merge(base, data), chosen))
 
 

@@ -23,20 +23,26 @@ PRESETS: dict[str, Preset] = {
     "gorila": Preset("dqn", "gorila", "Nair et al. 2015"),
     "sync": Preset("dqn", "sync", "data-parallel SGD; local SGD / parameter averaging"),
     "seed": Preset("dqn", "seed", "Espeholt et al. 2020"),
-    # R2D2 as published: apex's topology, recurrent sequences; Atari settings (Kapturowski
-    # et al. 2019, table 2).
-    "r2d2": Preset("r2d2", "apex", "Kapturowski et al. 2019", {
-        "actor": {"n_step": 5, "chunk_size": 8},
-        "learner": {"gamma": 0.997, "batch_size": 32, "batches_per_sample": 1, "learning_rate": 1e-4,
-                    "loss": "mse", "max_grad_norm": 40.0, "target_update_period": 2500},
-        "replay": {"priority_exponent": 0.9, "importance_sampling_exponent": 0.6, "capacity": 20_000,
-                   "min_replay_size": 500, "samples_per_insert": 0.0}}),
+    # R2D2 as published: apex's topology, recurrent sequences (AGENT_DEFAULTS).
+    "r2d2": Preset("r2d2", "apex", "Kapturowski et al. 2019"),
     "impala": Preset("actor_critic", "impala", "Espeholt et al. 2018"),
     "a3c": Preset("actor_critic", "a3c", "Mnih et al. 2016"),
 }
 
-AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync", "seed"), "r2d2": ("apex",), "actor_critic": ("impala", "a3c")}
+AGENT_TOPOLOGIES: dict[str, tuple[str, ...]] = {"dqn": ("apex", "gorila", "sync", "seed"), "r2d2": ("apex", "seed"),
+                                                "actor_critic": ("impala", "a3c")}
 """Topologies each agent runs on."""
+
+AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    # R2D2's Atari settings (Kapturowski et al. 2019, table 2), on any topology it runs on
+    # (``--preset r2d2``, or ``--preset seed --agent r2d2`` as SEED RL runs it).
+    "r2d2": {"actor": {"n_step": 5, "chunk_size": 8},
+             "learner": {"gamma": 0.997, "batch_size": 32, "batches_per_sample": 1, "learning_rate": 1e-4,
+                         "loss": "mse", "max_grad_norm": 40.0, "target_update_period": 2500},
+             "replay": {"priority_exponent": 0.9, "importance_sampling_exponent": 0.6, "capacity": 20_000,
+                        "min_replay_size": 500, "samples_per_insert": 0.0}},
+}
+"""Defaults that follow from the agent (under the topology's, the preset's and the user's values)."""
 
 TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # Ape-X: one learner that owns the optimizer and publishes parameters.

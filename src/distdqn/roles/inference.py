@@ -110,21 +110,38 @@ class InferenceServer:
         """One forward pass over the current observations of ``slots``; each slot's
         epsilon-greedy actions (``[H]`` int64), kept for its next :meth:`observe`."""
         actors = [self.slots[k] for k in slots]
-        obs = np.concatenate([a.obs for a in actors]) if len(actors) > 1 else actors[0].obs
-        x = torch.from_numpy(obs)
-        if self._forward is None:
-            self._forward = self._make_forward(x)
-        with torch.inference_mode():
-            q = self._forward(x.to(self.device, non_blocking=True)).float().cpu().numpy()
+        if hasattr(actors[0].policy, "pass_inputs"):
+            qs = self._recurrent_pass(actors)
+        else:
+            obs = np.concatenate([a.obs for a in actors]) if len(actors) > 1 else actors[0].obs
+            x = torch.from_numpy(obs)
+            if self._forward is None:
+                self._forward = self._make_forward(x)
+            with torch.inference_mode():
+                q = self._forward(x.to(self.device, non_blocking=True)).float().cpu().numpy()
+            bounds = np.cumsum([0] + [a.num_envs for a in actors])
+            qs = [q[bounds[j] : bounds[j + 1]] for j in range(len(actors))]
         self.passes += 1
-        self.batched += len(obs)
-        out, i = [], 0
-        for k, a in zip(slots, actors):
-            actions = a.choose(q[i : i + a.num_envs])
-            i += a.num_envs
+        self.batched += sum(a.num_envs for a in actors)
+        out = []
+        for k, a, q_slot in zip(slots, actors, qs):
+            actions = a.choose(q_slot)
             self._actions[k] = actions
             out.append(actions)
         return out
+
+    def _recurrent_pass(self, actors: list[Actor]) -> list[np.ndarray]:
+        """One pass of a recurrent agent: every slot's rows (observation and per-env state)
+        in, each slot's new state and Q-values out."""
+        rows = [a.policy.pass_inputs(a.obs) for a in actors]
+        batch = {k: torch.cat([r[k] for r in rows]).to(self.device, non_blocking=True) for k in rows[0]}
+        with torch.inference_mode():
+            got = {k: v.float().cpu() for k, v in self.agent.batched_forward(self.net, batch).items()}
+        qs, i = [], 0
+        for a in actors:
+            qs.append(a.policy.pass_outputs({k: v[i : i + a.num_envs] for k, v in got.items()}))
+            i += a.num_envs
+        return qs
 
     def _make_forward(self, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         if not self.cfg.actor.trace_network:

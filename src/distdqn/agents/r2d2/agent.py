@@ -71,6 +71,26 @@ class RecurrentEpsilonGreedy:
                         "prev_reward": s.prev_reward.copy()}
         return self.eg.choose(s(torch.from_numpy(obs)).numpy(), env_steps)
 
+    def pass_inputs(self, obs: np.ndarray) -> dict[str, torch.Tensor]:
+        """The rows of a batched pass over many policies' sub-envs (SEED RL's central
+        inference, :meth:`R2D2Agent.batched_forward`): ``obs [E, *obs_shape]``,
+        ``prev_action [E]`` int64, ``prev_reward [E]`` float32, ``h``/``c [E, lstm_size]``."""
+        s = self.state
+        self._before = {"h": s.h.numpy().copy(), "c": s.c.numpy().copy(), "prev_action": s.prev_action.copy(),
+                        "prev_reward": s.prev_reward.copy()}
+        return {"obs": torch.from_numpy(obs), "prev_action": torch.from_numpy(s.prev_action),
+                "prev_reward": torch.from_numpy(s.prev_reward), "h": s.h, "c": s.c}
+
+    def pass_outputs(self, out: dict[str, torch.Tensor]) -> np.ndarray:
+        """This policy's rows of the batched pass: the new state moves in; ``[E, A]`` Q-values
+        for :meth:`choose`."""
+        self.state.h, self.state.c = out["h"], out["c"]
+        return out["q"].numpy()
+
+    def choose(self, q: np.ndarray, env_steps: int) -> np.ndarray:
+        """Epsilon-greedy actions ``[E]`` from Q-values computed by a batched pass."""
+        return self.eg.choose(q, env_steps)
+
     def acting_values(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         return dict(self._before)
 
@@ -145,6 +165,14 @@ class R2D2Agent:
     def eval_policy(self, network: nn.Module, num_envs: int) -> RecurrentState:
         """Greedy evaluation's stateful forward pass for ``num_envs`` envs."""
         return RecurrentState(network, num_envs)
+
+    @staticmethod
+    def batched_forward(network: nn.Module, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One acting step of many sub-envs (the concatenated
+        :meth:`RecurrentEpsilonGreedy.pass_inputs`): ``q [N, A]`` and the new ``h``/``c``."""
+        q, (h, c) = network(rows["obs"].unsqueeze(1), rows["prev_action"].unsqueeze(1),
+                            rows["prev_reward"].unsqueeze(1), (rows["h"], rows["c"]))
+        return {"q": q[:, 0], "h": h, "c": c}
 
     @staticmethod
     def greedy(outputs: torch.Tensor) -> torch.Tensor:
