@@ -209,3 +209,73 @@ def test_a_replay_larger_than_the_machine_is_refused_before_anything_starts():
     assert per_item == 121 * 8 + 121 * 8 + 121 * 4 + 120 * 8 + 3 * 120 * 4 + 2 * 512 * 4
     with pytest.raises(ConfigError, match=r"replay.capacity=20000; allowed: at most 12,042 here"):
         check_replay_memory(cfg, spaces_for(cfg), memory_bytes=2**27)
+
+
+def test_atari_sequences_store_each_frame_once_and_rebuild_the_stacks_the_actor_saw():
+    """Twin actors from one seed on frame stacks (``distdqn/StackedFrames-v0``: 84x84 frames
+    that encode (episode, step), episodes of 1-12 steps): one sends whole sequences, one
+    frames and ids. Every sequence sampled from the frame-deduplicating replay holds, at
+    each real step and at the bootstrap observation, the stacks the first one sent, from
+    one episode; and the replay keeps about one frame per env step (a whole-stack
+    sequence of 13 stacks of 4 frames every 4 steps keeps 13 per env step)."""
+    from test_frame_replay import assert_one_episode
+
+    from distdqn.config import replace
+    from distdqn.program import build_actor, build_replay, spaces_for
+
+    base = config_with({"preset": "r2d2"}, **{"env.id": "distdqn/StackedFrames-v0", "env.envs_per_actor": 3,
+                                              "r2d2.sequence_length": 8, "r2d2.sequence_period": 4,
+                                              "r2d2.burn_in": 4, "r2d2.lstm_size": 16, "network.kind": "mlp",
+                                              "network.hidden_sizes": [16], "actor.chunk_size": 4,
+                                              "replay.capacity": 120, "replay.min_replay_size": 32})
+    spaces = spaces_for(base)
+    whole = build_actor(replace(base, **{"replay.frame_dedup": "off"}), spaces, 0)
+    compact = build_actor(replace(base, **{"replay.frame_dedup": "on"}), spaces, 0)
+    replay = build_replay(replace(base, **{"replay.frame_dedup": "on"}), spaces)
+    # sized by the period (4 new frames a sequence), not the sequence's 13 stacks, plus the
+    # frames all 2 x 3 envs write while one sequence fills (13 steps, a chunk's wait of 6)
+    assert replay.storage.frame_capacity == 120 * 4 + 1024 + (13 + 6) * 6
+    expected, env_steps, rng = {}, 0, np.random.default_rng(0)
+    for step in range(520):
+        a, b = whole.step(), compact.step()
+        assert (a is None) == (b is None)
+        if a is None:
+            continue
+        assert b.compact and "obs" not in b.data and b.data["obs_frame"].shape == (len(a), 13)
+        env_steps += a.env_steps
+        for k, i in zip(replay.insert(b).tolist(), range(len(a))):
+            expected[k] = {name: a.data[name][i] for name in a.data}
+        if len(replay) >= 32 and step % 4 == 0:
+            batch = replay.sample(32)
+            for row, k in enumerate(batch.keys.tolist()):
+                want = expected[k]
+                real = int(want["mask"].sum()) + 1  # the real steps and the observation after them
+                got = batch.data["obs"][row].numpy()
+                np.testing.assert_array_equal(got[:real], want["obs"][:real])
+                assert_one_episode(got[:real])
+                for name in ("action", "reward", "mask", "prev_action", "h0"):
+                    np.testing.assert_array_equal(batch.data[name][row].numpy(), want[name], err_msg=name)
+            replay.update_priorities(batch.keys, rng.exponential(1.0, 32))
+    st = replay.storage
+    assert replay.inserted > 120 and st.frames_written > st.frame_capacity  # both rings wrapped
+    frame = 84 * 84
+    per_step = (st.frames_written * (frame + 8)) / env_steps  # every frame written, per env step
+    assert per_step < 1.6 * frame  # one frame per step and one per (short) episode's reset
+    whole_per_step = 13 * 4 * frame / 4  # what whole-stack sequences every 4 steps keep
+    assert whole_per_step / per_step > 8
+
+
+def test_sequence_replay_bench_row_reports_bytes_per_env_step():
+    from distdqn.bench.sequence_replay import measure_sequence_replay
+    from distdqn.program import spaces_for
+
+    cfg = config_with({"preset": "r2d2"}, **{"env.id": "distdqn/StackedFrames-v0", "env.envs_per_actor": 2,
+                                             "r2d2.sequence_length": 8, "r2d2.sequence_period": 4, "r2d2.burn_in": 4,
+                                             "r2d2.lstm_size": 16, "network.kind": "mlp", "network.hidden_sizes": [16],
+                                             "actor.chunk_size": 4})
+    got = measure_sequence_replay(cfg, spaces_for(cfg), sequences=40)
+    frame = 84 * 84
+    assert got["sequences"] >= 40 and got["frame_bytes"] == frame and got["env_steps"] > 0
+    # frames: one per env step and one per episode start (episodes of 1-12 steps here)
+    assert got["frames_stored"] > got["env_steps"] and frame < got["bytes_per_env_step"] < 1.6 * frame
+    assert got["whole_bytes_per_env_step"] > 5 * got["bytes_per_env_step"]

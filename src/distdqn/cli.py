@@ -302,8 +302,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="YAML file of config keys (e.g. configs/pong.yaml)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     b.add_argument("--rows", choices=["auto", "classic", "env", "seed"], default="auto",
-                   help="classic (CartPole rows a-d), env (raw env .. replay memory, rows a-f) or seed (SEED's "
-                        "central inference against apex actors); auto: env for Atari ids and --env-backend envpool")
+                   help="classic (CartPole rows a-d), env (raw env .. replay memory, rows a-f; with the r2d2 agent "
+                        "its sequence replay's bytes per env step) or seed (SEED's central inference against apex "
+                        "actors); auto: env for Atari ids and --env-backend envpool")
     b.add_argument("--seed-envs", dest="seed_envs", default="4,16,64",
                    help="--rows seed: envs per worker, comma-separated (default 4,16,64)")
     b.add_argument("--seconds", type=float, help="measurement window per row (default 10, --quick 3)")

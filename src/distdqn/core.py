@@ -24,16 +24,20 @@ class Field:
     Attributes:
         shape: per-item shape (the leading T of a chunk or B of a batch excluded).
         dtype: numpy dtype name (``"float32"``, ``"uint8"``, ``"int64"``...).
-        frames: for a *frame-stack* field (shape ``(k, *frame_shape)``, the last ``k``
-            frames, oldest first, as ``FrameStackObservation`` builds them): the name of the
-            ``[T]`` int64 column that a frame-deduplicated chunk carries instead of the
-            stacks (the actor frame id of each stack's newest frame, see :class:`FrameBlock`).
-            None for ordinary fields.
+        frames: for a *frame-stack* field (shape ``(*lead, k, *frame_shape)``: the last
+            ``k`` frames, oldest first, as ``FrameStackObservation`` builds them, for each
+            of the ``lead`` positions): the name of the ``[T, *lead]`` int64 column that a
+            frame-deduplicated chunk carries instead of the stacks (the actor frame id of
+            each stack's newest frame, see :class:`FrameBlock`). None for ordinary fields.
+        stack_axis: for a frame-stack field, the axis of ``k`` (``len(lead)``): 0 for one
+            stack per item (a DQN transition's ``obs``), 1 for a sequence of stacks
+            (R2D2's ``obs [T+1, k, H, W]``).
     """
 
     shape: tuple[int, ...]
     dtype: str
     frames: str | None = None
+    stack_axis: int = 0
 
     @property
     def np_dtype(self) -> np.dtype:

@@ -15,6 +15,7 @@ from distdqn.config import ConfigError, ExperimentConfig, error_buffer, sample_u
 from distdqn.core import ItemSpec, flat_params
 from distdqn.envs import EnvSpaces, env_spaces, is_atari
 from distdqn.replay import Replay, make_replay
+from distdqn.replay.frame_storage import default_frame_capacity, frame_storage_bytes
 from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
 from distdqn.roles.env_worker import EnvWorker
@@ -48,10 +49,10 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     """
     mode = cfg.replay.frame_dedup
     shape = tuple(spaces.obs_shape)
-    if mode == "off" or (mode == "auto" and cfg.agent != "dqn"):  # unrolls and sequences keep whole observations
+    if mode == "off" or (mode == "auto" and cfg.agent == "actor_critic"):  # unrolls keep whole observations
         return False
     if mode == "on":
-        if cfg.agent != "dqn":
+        if cfg.agent == "actor_critic":
             raise ConfigError("replay.frame_dedup", mode, f"off or auto with agent {cfg.agent} (its items keep "
                                                           "whole observations)")
         if len(shape) != 3:
@@ -71,26 +72,30 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
 
 
 def check_replay_memory(cfg: ExperimentConfig, spaces: EnvSpaces, memory_bytes: int | None = None) -> int:
-    """The bytes a full replay of whole items takes (``replay.capacity`` x the item spec's
-    size; frame-deduplicated storage is sized by frames, and not checked here).
+    """The bytes a full replay takes: ``replay.capacity`` x the item spec's size, or for a
+    frame-deduplicating replay its frame ring and item slots
+    (:func:`~distdqn.replay.frame_storage.frame_storage_bytes`).
 
     Raises:
         ConfigError: it exceeds 80% of this machine's memory (``memory_bytes``; default the
             physical memory), naming ``replay.capacity`` and the largest that fits.
     """
-    if frame_dedup_enabled(cfg, spaces):
-        return 0
-    per_item = sum(int(np.prod(f.shape)) * f.np_dtype.itemsize for _, f in item_spec(cfg, spaces).fields)
-    total = per_item * cfg.replay.capacity
+    spec, capacity = item_spec(cfg, spaces), cfg.replay.capacity
+    if spec.frame_fields():
+        ring = getattr(build_agent(cfg, spaces), "frame_capacity", default_frame_capacity)
+        total = frame_storage_bytes(capacity, spec, ring(capacity))
+    else:
+        total = capacity * sum(int(np.prod(f.shape)) * f.np_dtype.itemsize for _, f in spec.fields)
+    per_item = -(-total // max(capacity, 1))
     if memory_bytes is None:
         try:
             memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
             return total
     fits = int(0.8 * memory_bytes) // max(per_item, 1)
-    if cfg.replay.capacity > fits:
-        raise ConfigError("replay.capacity", cfg.replay.capacity,
-                          f"at most {fits:,} here: each item takes {per_item:,} bytes, so {cfg.replay.capacity:,} "
+    if capacity > fits:
+        raise ConfigError("replay.capacity", capacity,
+                          f"at most {fits:,} here: each item takes {per_item:,} bytes, so {capacity:,} "
                           f"need {total / 2**30:.1f} GiB of the {memory_bytes / 2**30:.1f} GiB this machine has")
     return total
 
@@ -185,7 +190,9 @@ def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_s
     spec = item_spec(cfg, spaces)
     if cfg.replay.placement == "per_actor":
         return ReplayPools(rcfg, unit, spec, seed, num_pools=cfg.actor.num_actors)
-    return make_replay(rcfg, unit, spec, seed)
+    ring = getattr(build_agent(cfg, spaces), "frame_capacity", None)  # items of more than one new frame
+    frames = ring(rcfg.capacity) if ring is not None and spec.frame_fields() else None
+    return make_replay(rcfg, unit, spec, seed, frame_capacity=frames)
 
 
 def build_evaluator(cfg: ExperimentConfig, spaces: EnvSpaces) -> Evaluator:

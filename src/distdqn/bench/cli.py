@@ -19,7 +19,9 @@ Rows (see ``benchmarks/README.md`` for the reasoning behind each ceiling):
 These are the *classic* rows, the default for classic-control ids on the Gymnasium
 backend. Atari ids and ``--env-backend envpool`` (or ``--rows env``) get the *env* rows of
 :mod:`distdqn.bench.env_rows` instead: raw env, collection, bare update, learner, replay
-throughput and replay memory (plus time-to-solve for CartPole-v1).
+throughput and replay memory (plus time-to-solve for CartPole-v1); with the r2d2 agent
+(``--set preset=r2d2``) the env rows are its sequence replay's bytes per env step
+(:mod:`distdqn.bench.sequence_replay`).
 
 Exit codes: 0 the benchmark ran (targets met or not: see the table); 1 a run failed;
 2 invalid config or unknown environment.
@@ -49,6 +51,7 @@ from distdqn.bench.common import (
 from distdqn.bench.env_rows import env_notes, env_rows
 from distdqn.bench.report import BenchError, jsonable, render, say
 from distdqn.bench.seed_rows import seed_notes, seed_rows
+from distdqn.bench.sequence_replay import sequence_replay_notes, sequence_replay_rows
 from distdqn.bench.solve import solve_notes, solve_rows
 from distdqn.config import (
     ConfigError,
@@ -135,6 +138,8 @@ def main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp:
             if mode == "seed":
                 rows = seed_rows(cfg, spaces, float(seconds), Path(tmp), report, seed_envs)
+            elif mode == "env" and cfg.agent == "r2d2":
+                rows = sequence_replay_rows(cfg, spaces, report)
             elif mode == "env":
                 rows = env_rows(cfg, spaces, float(seconds), Path(tmp), report, capacity)
             else:
@@ -147,6 +152,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if mode == "seed":
         notes = seed_notes(cfg, report)
+    elif mode == "env" and cfg.agent == "r2d2":
+        notes = sequence_replay_notes(report)
     elif mode == "env":
         notes = env_notes(cfg, spaces, report) + solve_notes(cfg, report)
     else:

@@ -3,8 +3,10 @@
 An Atari observation is a stack of the last ``k`` (4) 84x84 uint8 frames. Storing a DQN
 transition's ``obs`` and ``next_obs`` stacks keeps every frame ``2k`` = 8 times; here each
 frame is stored **once** and stacks are rebuilt by index when a batch is sampled. Any field
-the item spec declares a frame stack (``Field.frames``) is stored this way; the other
-fields live in ordinary rings. Below, "transition" means one item.
+the item spec declares a frame stack (``Field.frames``) is stored this way, one stack per
+item (a transition's ``obs``) or a sequence of stacks (R2D2's ``obs [T+1, k, H, W]``,
+``Field.stack_axis`` 1: consecutive and overlapping sequences share their frames too); the
+other fields live in ordinary rings. Below, "transition" means one item.
 
 Layout
 ------
@@ -14,8 +16,9 @@ Layout
   frame before it in the same episode, or ``g`` itself for the first frame of an episode.
 - **Transition ring** (``capacity`` C slots, addressed by keys exactly like
   :class:`~distdqn.replay.storage.RingStorage`): the ordinary fields (DQN: action, reward,
-  discount), per frame-stack field the global id of its stack's newest frame, the oldest
-  frame id any of the item's stacks needs, and an ``alive`` flag.
+  discount), per frame-stack field the global id of its stack's newest frame (``[T+1]`` ids
+  for a sequence of stacks), the oldest frame id any of the item's stacks needs, and an
+  ``alive`` flag.
 
 Rebuilding a stack of the transition's ``obs`` (newest frame ``g``): ``[prev^(k-1)(g), ...,
 prev(g), g]``, i.e. ``k - 1`` vectorized gathers of ``prev`` and one gather of frames for
@@ -77,14 +80,30 @@ SWEEP_FRACTION = 256
 """The kill sweep looks ``frame_capacity // SWEEP_FRACTION`` frames ahead of the cutoff."""
 
 
-def default_frame_capacity(capacity: int) -> int:
-    """Frame slots for ``capacity`` transitions: ``capacity + max(capacity // 32, 1024)``.
+def default_frame_capacity(capacity: int, frames_per_item: int = 1, lag: int = 0) -> int:
+    """Frame slots for ``capacity`` items that each bring ``frames_per_item`` new frames:
+    ``n + max(n // 32, 1024) + lag`` with ``n = capacity * frames_per_item``.
 
-    One frame per env step, plus one per episode start (~0.1-3% on Atari), plus slack
-    for the lag between a frame's arrival and that of the last transition using it.
+    One frame per env step (a transition brings one; a sequence, ``r2d2.sequence_period``),
+    plus one per episode start (~0.1-3% on Atari), plus slack for the lag between a frame's
+    arrival and that of the last item using it (``lag``: the frames all streams write while
+    a sequence fills, which a transition's n steps do not need).
     """
-    capacity = int(capacity)
-    return capacity + max(capacity // 32, 1024)
+    n = int(capacity) * int(frames_per_item)
+    return n + max(n // 32, 1024) + int(lag)
+
+
+def frame_storage_bytes(capacity: int, spec: ItemSpec, frame_capacity: int) -> int:
+    """The bytes a full :class:`FrameStorage` takes: ``frame_capacity`` frames (each with its
+    link) and ``capacity`` item slots (the ordinary fields, the frame ids, the bookkeeping)."""
+    per_frame, per_slot = 8, 8 + 1  # prev; oldest, alive
+    for _, f in spec.fields:
+        if f.frames is None:
+            per_slot += int(np.prod(f.shape, dtype=np.int64)) * f.np_dtype.itemsize
+        else:
+            per_slot += 8 * int(np.prod(f.shape[: f.stack_axis], dtype=np.int64))
+            per_frame = 8 + int(np.prod(f.shape[f.stack_axis + 1 :], dtype=np.int64)) * f.np_dtype.itemsize
+    return int(frame_capacity) * per_frame + int(capacity) * per_slot
 
 
 class FrameStorage:
@@ -97,7 +116,8 @@ class FrameStorage:
     Args:
         capacity: items held, >= 1.
         spec: the item spec; its frame-stack fields (``Field.frames`` set) share one shape
-            ``(k, *frame_shape)`` (axis 0 the stack, oldest first) and dtype.
+            ``(*lead, k, *frame_shape)`` (axis ``Field.stack_axis`` the stack, oldest
+            first), stack axis and dtype.
         frame_capacity: frame slots (default :func:`default_frame_capacity`).
 
     Raises:
@@ -110,10 +130,12 @@ class FrameStorage:
         if capacity < 1:
             raise ValueError(f"FrameStorage capacity must be >= 1, got {capacity}")
         framed = spec.frame_fields()
-        if not framed or len({(f.shape, f.dtype) for _, f in framed}) != 1:
+        if not framed or len({(f.shape, f.dtype, f.stack_axis) for _, f in framed}) != 1:
             raise ValueError("frame deduplication needs frame-stack fields of one shape and dtype, got "
                              f"{[(n, f.shape, f.dtype) for n, f in framed]}")
-        obs_shape = framed[0][1].shape
+        axis = framed[0][1].stack_axis
+        self.lead: tuple[int, ...] = tuple(framed[0][1].shape[:axis])
+        obs_shape = framed[0][1].shape[axis:]
         if len(obs_shape) < 2 or obs_shape[0] < 1:
             raise ValueError(f"frame deduplication needs stacked observations (k, *frame_shape), got {obs_shape}")
         fcap = default_frame_capacity(capacity) if frame_capacity is None else int(frame_capacity)
@@ -133,7 +155,7 @@ class FrameStorage:
         self.prev = np.zeros(fcap, dtype=np.int64)
         self.rings: dict[str, np.ndarray] = {n: np.zeros((capacity, *f.shape), f.np_dtype) for n, f in self._plain}
         for _, _, gid in self._framed:
-            self.rings[gid] = np.zeros(capacity, dtype=np.int64)
+            self.rings[gid] = np.zeros((capacity, *self.lead), dtype=np.int64)
         self.oldest = np.zeros(capacity, dtype=np.int64)
         self.alive = np.zeros(capacity, dtype=bool)
         self._inserted: int = 0
@@ -272,21 +294,23 @@ class FrameStorage:
             del self._segments[stream]  # streams whose frames are all gone
 
     def _from_stacks(self, chunk: Chunk, t: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """A whole chunk as (frames, prev, [newest per frame-stack field]) with chunk-local
-        frame indices: per item the ``k`` frames of each frame-stack field in turn (so the
-        newest items' frames are the last to be overwritten)."""
+        """A whole chunk as (frames, prev, [newest per frame-stack field, ``[t, *lead]``]) with
+        chunk-local frame indices: per item and lead position the ``k`` frames of each
+        frame-stack field in turn (so the newest items' frames are the last to be
+        overwritten)."""
+        want = (t, *self.lead, *self.obs_shape)
         for name, _, _ in self._framed:
             arr = chunk.data.get(name)
-            if arr is None or tuple(arr.shape) != (t, *self.obs_shape):
+            if arr is None or tuple(arr.shape) != want:
                 shape = None if arr is None else tuple(arr.shape)
-                raise ValueError(f"chunk.{name} has shape {shape}, replay expects ({t}, *{self.obs_shape})")
-        k, nf = self.stack, len(self._framed)
-        stacks = np.stack([chunk.data[name] for name, _, _ in self._framed], axis=1)
-        frames = stacks.reshape(nf * t * k, *self.frame_shape)
-        local = np.arange(nf * t * k, dtype=np.int64)
+                raise ValueError(f"chunk.{name} has shape {shape}, replay expects {want}")
+        k, nf, n = self.stack, len(self._framed), t * int(np.prod(self.lead, dtype=np.int64))
+        stacks = np.stack([chunk.data[name].reshape(n, *self.obs_shape) for name, _, _ in self._framed], axis=1)
+        frames = stacks.reshape(nf * n * k, *self.frame_shape)
+        local = np.arange(nf * n * k, dtype=np.int64)
         prev = local - (local % k > 0)
-        first = np.arange(t, dtype=np.int64) * (nf * k) + (k - 1)
-        return frames, prev, [first + j * k for j in range(nf)]
+        first = np.arange(n, dtype=np.int64) * (nf * k) + (k - 1)
+        return frames, prev, [(first + j * k).reshape(t, *self.lead) for j in range(nf)]
 
     def add(self, chunk: Chunk) -> np.ndarray:
         """Store the chunk's frames and its T items (either chunk form).
@@ -316,13 +340,14 @@ class FrameStorage:
                 raise ValueError(f"chunk frame links have shape {np.shape(fb.prev)}, expected ({m},)")
             for _, col, _ in self._framed:
                 arr = chunk.data.get(col)
-                if arr is None or np.shape(arr) != (t,):
+                if arr is None or np.shape(arr) != (t, *self.lead):
                     raise ValueError(f"compact chunk.{col} has shape {None if arr is None else np.shape(arr)}, "
-                                     f"expected ({t},)")
+                                     f"expected {(t, *self.lead)}")
             start = int(fb.start)
             segs = self._segments_of(int(fb.stream), start)
             prev_g = self._resolve(fb.prev, start, base, m, segs)
-            newest_g = [self._resolve(chunk.data[col], start, base, m, segs) for _, col, _ in self._framed]
+            newest_g = [self._resolve(chunk.data[col], start, base, m, segs).reshape(t, *self.lead)
+                        for _, col, _ in self._framed]
 
         # 1. Kill (ahead of time) the items whose frames the new frames overwrite.
         fw = base + m
@@ -343,9 +368,9 @@ class FrameStorage:
         alive = np.ones(t, dtype=bool)
         oldest = np.full(t, np.iinfo(np.int64).max, dtype=np.int64)
         for g in newest_g:
-            ids, ok = self._chain(g, check=True)
-            alive &= ok
-            oldest = np.minimum(oldest, ids[:, 0])
+            ids, ok = self._chain(g.reshape(-1), check=True)
+            alive &= ok.reshape(t, -1).all(axis=1)
+            oldest = np.minimum(oldest, ids[:, 0].reshape(t, -1).min(axis=1, initial=np.iinfo(np.int64).max))
         alive &= oldest >= self._swept_to
         start_key = self._inserted
         keys = np.arange(start_key, start_key + t, dtype=np.int64)
@@ -397,19 +422,20 @@ class FrameStorage:
         return slots
 
     def stacks(self, newest: np.ndarray) -> np.ndarray:
-        """``[B, k, *frame_shape]`` stacks whose newest frames have global ids ``newest``
-        (frames must be in the ring, as they are for alive transitions)."""
-        ids, _ = self._chain(newest, check=False)
+        """``[*newest.shape, k, *frame_shape]`` stacks whose newest frames have global ids
+        ``newest`` (frames must be in the ring, as they are for alive transitions)."""
+        g = np.asarray(newest, dtype=np.int64)
+        ids, _ = self._chain(g.reshape(-1), check=False)
         flat = np.mod(ids.reshape(-1), self.frame_capacity)
-        return self.frames.take(flat, axis=0).reshape(ids.shape[0], self.stack, *self.frame_shape)
+        return self.frames.take(flat, axis=0).reshape(*g.shape, self.stack, *self.frame_shape)
 
     def get(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Gather items by slot (alive slots), rebuilding their frame stacks: name ->
         ``[K, *field.shape]`` (fresh arrays), in spec order."""
         s = np.asarray(slots, dtype=np.int64)
         gids = {name: gid for name, _, gid in self._framed}
-        return {name: self.stacks(self.rings[gids[name]].take(s)) if name in gids else self.rings[name].take(s, axis=0)
-                for name in self.spec.names}
+        return {name: self.stacks(self.rings[gids[name]].take(s, axis=0)) if name in gids
+                else self.rings[name].take(s, axis=0) for name in self.spec.names}
 
     # ------------------------------------------------------------------ checkpointing
 

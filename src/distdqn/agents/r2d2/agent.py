@@ -23,6 +23,7 @@ from distdqn.agents.r2d2.sequence import SequenceAdder, sequence_spec
 from distdqn.config import ExperimentConfig
 from distdqn.core import ItemSpec
 from distdqn.envs import EnvSpaces
+from distdqn.replay.frame_storage import default_frame_capacity
 
 
 class RecurrentState:
@@ -143,7 +144,18 @@ class R2D2Agent:
         return self.make_network().kind
 
     def item_spec(self, frame_dedup: bool) -> ItemSpec:
-        return sequence_spec(self.spaces.obs_shape, self.spaces.obs_dtype, self.steps, self.cfg.r2d2.lstm_size)
+        return sequence_spec(self.spaces.obs_shape, self.spaces.obs_dtype, self.steps, self.cfg.r2d2.lstm_size,
+                             frame_dedup)
+
+    def frame_capacity(self, capacity: int) -> int:
+        """Frame slots of a frame-deduplicating replay of ``capacity`` sequences: each brings
+        about ``sequence_period`` new frames, and while one fills (T + 1 steps, then up to
+        a chunk's wait) every env of the run writes frames (the lag a sequence's oldest
+        frame must survive)."""
+        c, period = self.cfg, self.cfg.r2d2.sequence_period
+        envs = c.actor.num_actors * c.env.envs_per_actor
+        chunk_wait = -(-c.actor.chunk_size * period // max(c.env.envs_per_actor, 1))
+        return default_frame_capacity(capacity, period, lag=(self.steps + 1 + chunk_wait) * envs)
 
     def make_policy(self, network: nn.Module, example_obs: np.ndarray, *, actor_id: int, num_actors: int,
                     rng: np.random.Generator, compute_values: bool) -> RecurrentEpsilonGreedy:
@@ -151,7 +163,7 @@ class R2D2Agent:
                                       actor_id, num_actors, rng)
 
     def make_adder(self, num_envs: int, frame_dedup: bool, compute_priorities: bool) -> SequenceAdder:
-        return SequenceAdder(num_envs, self.steps, self.cfg.r2d2.sequence_period, self.item_spec(False))
+        return SequenceAdder(num_envs, self.steps, self.cfg.r2d2.sequence_period, self.item_spec(frame_dedup))
 
     def chunk_trigger(self, chunk_size: int, num_envs: int) -> int:
         """Sequences per chunk: ``actor.chunk_size``."""

@@ -13,6 +13,13 @@ Item fields (:func:`sequence_spec`): ``obs [T+1, *obs_shape]``, ``prev_action [T
 episode terminated; a truncated episode bootstraps from its final observation),
 ``mask [T]`` float32 (1 for real steps), ``h0``/``c0 [lstm_size]`` float32 (the state the
 actor acted with before ``obs[0]``).
+
+With frame deduplication (``replay.frame_dedup``, Atari's frame stacks) ``obs`` is declared
+a sequence of frame stacks (``Field.stack_axis`` 1): the adder keeps the actor's frame ids,
+not the stacks, and a chunk carries ``obs_frame [T+1]`` int64 (each stack's newest frame;
+after an episode's end, the final observation's, which the mask hides) beside the frames
+(:mod:`distdqn.agents.frames`). The replay then stores each frame once, however many
+sequences overlap on it (:mod:`distdqn.replay.frame_storage`).
 """
 
 from __future__ import annotations
@@ -23,11 +30,18 @@ import torch
 from distdqn.core import Field, ItemSpec
 
 
-def sequence_spec(obs_shape: tuple[int, ...], obs_dtype, steps: int, lstm_size: int) -> ItemSpec:
-    """The item spec of sequences of ``steps`` (T) steps."""
+OBS_FRAME = "obs_frame"
+"""A frame-deduplicated chunk's ``[S, T+1]`` int64 column of frame ids."""
+
+
+def sequence_spec(obs_shape: tuple[int, ...], obs_dtype, steps: int, lstm_size: int,
+                  frame_dedup: bool = False) -> ItemSpec:
+    """The item spec of sequences of ``steps`` (T) steps; ``frame_dedup``: ``obs`` is a
+    sequence of frame stacks (``obs_shape`` ``(k, H, W)``) whose frames the replay stores once."""
     shape, dt = tuple(int(d) for d in obs_shape), np.dtype(obs_dtype).name
     t = int(steps)
-    return ItemSpec.of(obs=Field((t + 1, *shape), dt), prev_action=Field((t + 1,), "int64"),
+    obs = Field((t + 1, *shape), dt, OBS_FRAME, stack_axis=1) if frame_dedup else Field((t + 1, *shape), dt)
+    return ItemSpec.of(obs=obs, prev_action=Field((t + 1,), "int64"),
                        prev_reward=Field((t + 1,), "float32"), action=Field((t,), "int64"),
                        reward=Field((t,), "float32"), terminated=Field((t,), "float32"),
                        mask=Field((t,), "float32"), h0=Field((lstm_size,), "float32"),
@@ -46,6 +60,8 @@ class SequenceAdder:
 
     def __init__(self, num_envs: int, steps: int, period: int, spec: ItemSpec):
         self.num_envs, self.steps, self.period, self.spec = int(num_envs), int(steps), int(period), spec
+        self.frame_dedup = spec["obs"].frames is not None
+        self._obs_key = "obs_id" if self.frame_dedup else "obs"
         self.reset()
 
     def reset(self, mask: np.ndarray | None = None) -> None:
@@ -71,14 +87,19 @@ class SequenceAdder:
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray, truncated: np.ndarray, *, h: np.ndarray, c: np.ndarray,
-            prev_action: np.ndarray, prev_reward: np.ndarray, **_: np.ndarray) -> None:
+            prev_action: np.ndarray, prev_reward: np.ndarray, obs_id: np.ndarray | None = None,
+            next_obs_id: np.ndarray | None = None, **_: np.ndarray) -> None:
         """Record one vector step: ``obs``/``next_obs [E, *obs_shape]``, ``action [E]``,
         ``reward [E]``, ``terminated``/``truncated [E]`` bool, and from the acting pass the
         LSTM state ``h``/``c [E, lstm_size]`` and ``prev_action``/``prev_reward [E]`` it
-        acted on in ``obs``."""
+        acted on in ``obs``. With frame deduplication, ``obs_id``/``next_obs_id [E]`` int64
+        the actor frame ids of their newest frames are kept instead of the observations."""
         ended = np.logical_or(terminated, truncated)
+        if self.frame_dedup:
+            obs, next_obs = np.asarray(obs_id, dtype=np.int64), np.asarray(next_obs_id, dtype=np.int64)
+        key = self._obs_key
         for i in range(self.num_envs):
-            self._buf[i].append({"obs": obs[i], "action": int(action[i]), "reward": float(reward[i]),
+            self._buf[i].append({key: obs[i], "action": int(action[i]), "reward": float(reward[i]),
                                  "terminated": bool(terminated[i]), "h": h[i], "c": c[i],
                                  "prev_action": int(prev_action[i]), "prev_reward": float(prev_reward[i])})
             self._t[i] += 1
@@ -100,15 +121,20 @@ class SequenceAdder:
     def _emit(self, i: int, start: int, last_next_obs: np.ndarray) -> None:
         steps = self._buf[i][start - self._base[i] :][: self.steps]
         n = len(steps)
-        s = {name: np.zeros(f.shape, f.np_dtype) for name, f in self.spec.fields}
+        s = {name: np.zeros(f.shape, f.np_dtype) for name, f in self.spec.fields if f.frames is None}
+        obs = s["obs"] if not self.frame_dedup else np.zeros(self.steps + 1, np.int64)
+        key = self._obs_key
         for j, st in enumerate(steps):
-            s["obs"][j] = st["obs"]
+            obs[j] = st[key]
             s["prev_action"][j], s["prev_reward"][j] = st["prev_action"], st["prev_reward"]
             s["action"][j], s["reward"][j] = st["action"], st["reward"]
             s["terminated"][j], s["mask"][j] = float(st["terminated"]), 1.0
         # A sequence is emitted at the step that completes it or ends its episode, so the
         # observation after its last step is that step's next_obs.
-        s["obs"][n] = last_next_obs
+        obs[n] = last_next_obs
+        if self.frame_dedup:  # padding names a frame the sequence holds anyway
+            obs[n + 1 :] = last_next_obs
+            s[OBS_FRAME] = obs
         s["prev_action"][n], s["prev_reward"][n] = steps[-1]["action"], steps[-1]["reward"]
         s["prev_action"][n + 1 :] = -1
         s["h0"][...], s["c0"][...] = steps[0]["h"], steps[0]["c"]
@@ -124,10 +150,11 @@ class SequenceAdder:
 
     def state_dict(self) -> dict:
         """The ready sequences and each sub-env's recorded steps, as tensors (exact resume)."""
-        ready = {name: torch.from_numpy(np.stack([r[name] for r in self._ready])) for name in self.spec} \
+        ready = {name: torch.from_numpy(np.stack([r[name] for r in self._ready])) for name in self._ready[0]} \
             if self._ready else {}
+        dtypes = dict(_STEP_DTYPES, obs_id=np.int64) if self.frame_dedup else dict(_STEP_DTYPES, obs=None)
         bufs = [{k: torch.from_numpy(np.stack([np.asarray(st[k], dtype=dt) for st in b]))
-                 for k, dt in _STEP_DTYPES.items()} if b else {} for b in self._buf]
+                 for k, dt in dtypes.items()} if b else {} for b in self._buf]
         return {"ready": ready, "num_ready": len(self._ready), "buf": bufs, "base": list(self._base),
                 "t": list(self._t), "next_start": list(self._next_start)}
 
@@ -141,12 +168,13 @@ class SequenceAdder:
             if not b:
                 continue
             cols = {k: v.numpy() for k, v in b.items()}
-            cast = {"action": int, "reward": float, "terminated": bool, "prev_action": int, "prev_reward": float}
+            cast = {"action": int, "reward": float, "terminated": bool, "prev_action": int, "prev_reward": float,
+                    "obs_id": int}
             self._buf[i] = [{k: (cast[k](cols[k][j]) if k in cast else cols[k][j].copy()) for k in cols}
                             for j in range(len(cols["action"]))]
         self._base, self._t = [int(x) for x in state["base"]], [int(x) for x in state["t"]]
         self._next_start = [int(x) for x in state["next_start"]]
 
 
-_STEP_DTYPES = {"obs": None, "action": np.int64, "reward": np.float64, "terminated": np.bool_, "h": np.float32,
+_STEP_DTYPES = {"action": np.int64, "reward": np.float64, "terminated": np.bool_, "h": np.float32,
                 "c": np.float32, "prev_action": np.int64, "prev_reward": np.float64}
