@@ -68,8 +68,9 @@ def throughput_rows(cfg: ExperimentConfig, spaces: EnvSpaces, seconds: float, wo
     rows.append(Row(label, learn["ups"], learn["ceiling_ups"], ceiling, (">=", LEARNING_TARGET)))
 
     spi = cfg.replay.samples_per_insert
-    est = coll["sps"] if spi <= 0 else min(coll["sps"], learn["ups"] * cfg.learner.batch_size / spi)
-    budget = max(int(est * seconds), cfg.replay.min_replay_size * 2)
+    per_item = cfg.r2d2.sequence_period if cfg.agent == "r2d2" else 1  # env steps per item (per env)
+    est = coll["sps"] if spi <= 0 else min(coll["sps"], learn["ups"] * cfg.learner.batch_size / spi * per_item)
+    budget = max(int(est * seconds), cfg.replay.min_replay_size * 2 * per_item)
     say(f"(c) full training run: run_local, {budget:,} env steps")
     full = measure_full_run(cfg, spaces, budget, work / "full")
     report["full_run"] = full

@@ -20,7 +20,7 @@ from distdqn.bench.common import COLLECTION_ROUNDS, local_run, steady_state, tim
 from distdqn.bench.report import BenchError, say
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
-from distdqn.program import build_network
+from distdqn.program import build_agent, build_network
 
 
 def _steady_epsilons(cfg: ExperimentConfig, actor_id: int) -> np.ndarray:
@@ -51,7 +51,10 @@ def bare_collector(
     eps = _steady_epsilons(cfg, actor_id)
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31 - 1, size=n)])
     obs = np.asarray(obs)
-    if cfg.actor.trace_network:  # the forward pass the actors use
+    stateful = getattr(build_agent(cfg, spaces), "eval_policy", None)
+    if stateful is not None:  # a recurrent agent: its per-env state steps along (and resets)
+        net = stateful(net, n)
+    elif cfg.actor.trace_network:  # the forward pass the actors use
         net = trace_for_inference(net, torch.from_numpy(obs))
 
     def step() -> None:
@@ -59,9 +62,11 @@ def bare_collector(
         with torch.inference_mode():
             greedy = net(torch.from_numpy(obs)).argmax(dim=1).numpy()
         actions = np.where(rng.random(n) < eps, rng.integers(spaces.num_actions, size=n), greedy)
-        next_obs, _, terminated, truncated, _ = envs.step(actions)
+        next_obs, reward, terminated, truncated, _ = envs.step(actions)
         next_obs = np.asarray(next_obs)
         done = np.logical_or(terminated, truncated)
+        if stateful is not None:
+            net.after_step(actions, np.asarray(reward), done)
         if done.any():
             reset_obs, _ = envs.reset(options={"reset_mask": done})
             next_obs = np.where(done.reshape(-1, *([1] * (next_obs.ndim - 1))), np.asarray(reset_obs), next_obs)
