@@ -233,8 +233,9 @@ def test_atari_sequences_store_each_frame_once_and_rebuild_the_stacks_the_actor_
     compact = build_actor(replace(base, **{"replay.frame_dedup": "on"}), spaces, 0)
     replay = build_replay(replace(base, **{"replay.frame_dedup": "on"}), spaces)
     # sized by the period (4 new frames a sequence), not the sequence's 13 stacks, plus the
-    # frames all 2 x 3 envs write while one sequence fills (13 steps, a chunk's wait of 6)
-    assert replay.storage.frame_capacity == 120 * 4 + 1024 + (13 + 6) * 6
+    # frames all 2 x 3 envs write while one fills: its 12 steps and 3 earlier frames, two
+    # chunk waits of 6 steps, a period
+    assert replay.storage.frame_capacity == 120 * 4 + 1024 + (12 + 4 + 2 * 6 + 4) * 6
     expected, env_steps, rng = {}, 0, np.random.default_rng(0)
     for step in range(520):
         a, b = whole.step(), compact.step()
@@ -279,3 +280,34 @@ def test_sequence_replay_bench_row_reports_bytes_per_env_step():
     # frames: one per env step and one per episode start (episodes of 1-12 steps here)
     assert got["frames_stored"] > got["env_steps"] and frame < got["bytes_per_env_step"] < 1.6 * frame
     assert got["whole_bytes_per_env_step"] > 5 * got["bytes_per_env_step"]
+
+
+@pytest.mark.parametrize("sequences", [False, True])
+def test_a_compact_chunk_of_frames_and_no_items_is_stored(sequences):
+    """Its items were all refused (non-finite), its frames still arrive: later items of the
+    stream may name them."""
+    from distdqn.agents.dqn.spec import transition_spec
+    from distdqn.core import Chunk, FrameBlock
+    from distdqn.replay import FrameStorage
+
+    spec = sequence_spec((4, 3, 3), "uint8", 2, 4, frame_dedup=True) if sequences else \
+        transition_spec((4, 3, 3), "uint8", frame_dedup=True)
+    st = FrameStorage(8, spec)
+    frames = FrameBlock(frames=np.ones((5, 3, 3), np.uint8), prev=np.arange(5, dtype=np.int64), start=0, stream=0)
+    data = {name: np.zeros((0, *f.shape), f.np_dtype) for name, f in spec.fields if f.frames is None}
+    data.update({f.frames: np.zeros((0, *f.shape[: f.stack_axis]), np.int64) for _, f in spec.frame_fields()})
+    keys = st.add(Chunk(data=data, spec=spec, frames=frames))
+    assert keys.shape == (0,) and len(st) == 0 and st.frames_written == 5
+
+
+def test_sequences_too_long_for_frame_dedup_are_refused_naming_the_key():
+    from distdqn.config import ConfigError
+    from distdqn.program import frame_dedup_enabled, spaces_for
+
+    cfg = config_with({"preset": "r2d2"}, **{"env.id": "distdqn/StackedFrames-v0", "r2d2.sequence_length": 240})
+    with pytest.raises(ConfigError, match="r2d2.sequence_length=240.*replay.frame_dedup=off"):
+        frame_dedup_enabled(cfg, spaces_for(cfg))
+    assert not frame_dedup_enabled(config_with({"preset": "r2d2"}, **{"env.id": "distdqn/StackedFrames-v0",
+                                                                     "r2d2.sequence_length": 240,
+                                                                     "replay.frame_dedup": "off"}),
+                                   spaces_for(cfg))

@@ -15,7 +15,7 @@ from distdqn.config import ConfigError, ExperimentConfig, error_buffer, sample_u
 from distdqn.core import ItemSpec, flat_params
 from distdqn.envs import EnvSpaces, env_spaces, is_atari
 from distdqn.replay import Replay, make_replay
-from distdqn.replay.frame_storage import default_frame_capacity, frame_storage_bytes
+from distdqn.replay.frame_storage import MAX_SEGMENTS, default_frame_capacity, frame_storage_bytes
 from distdqn.replay.pools import ReplayPools
 from distdqn.roles.actor import Actor, ActorSpec
 from distdqn.roles.env_worker import EnvWorker
@@ -47,6 +47,16 @@ def frame_dedup_enabled(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     Raises:
         ConfigError: ``on`` with observations that are not 3-D.
     """
+    on = _frame_dedup_wanted(cfg, spaces)
+    r = cfg.r2d2
+    if on and cfg.agent == "r2d2" and r.burn_in + r.sequence_length + 1 >= MAX_SEGMENTS:
+        raise ConfigError("r2d2.sequence_length", r.sequence_length,
+                          f"burn_in + sequence_length < {MAX_SEGMENTS - 1} with frame deduplication (a sequence's "
+                          "frames must come from the stream's last chunks), or replay.frame_dedup=off")
+    return on
+
+
+def _frame_dedup_wanted(cfg: ExperimentConfig, spaces: EnvSpaces) -> bool:
     mode = cfg.replay.frame_dedup
     shape = tuple(spaces.obs_shape)
     if mode == "off" or (mode == "auto" and cfg.agent == "actor_critic"):  # unrolls keep whole observations

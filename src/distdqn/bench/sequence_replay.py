@@ -50,6 +50,8 @@ def measure_sequence_replay(cfg: ExperimentConfig, spaces: EnvSpaces, sequences:
             chunk = actor.step()
             if chunk is None:
                 continue
+            if replay.inserted + len(chunk) > room:  # an episode end can emit many at once
+                break
             env_steps += chunk.env_steps
             replay.insert(chunk)
     finally:

@@ -73,8 +73,10 @@ from distdqn.replay.storage import check_rows, load_columns, ring_write
 
 MAX_SEGMENTS = 256
 """Recent chunks per stream whose actor ids can still be resolved. A transition refers to
-frames at most ``n_step`` vector steps older than its chunk, and every chunk covers at
-least one vector step, so this is generous."""
+frames at most ``n_step`` vector steps older than its chunk, a sequence to frames at most
+its ``T + 1`` steps older, and every chunk covers at least one vector step; so this holds
+for sequences of up to 255 steps (:func:`distdqn.program.frame_dedup_enabled` refuses
+longer ones)."""
 
 SWEEP_FRACTION = 256
 """The kill sweep looks ``frame_capacity // SWEEP_FRACTION`` frames ahead of the cutoff."""
@@ -258,8 +260,8 @@ class FrameStorage:
         return out
 
     def _chain(self, newest: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
-        """``[T, k]`` global ids of the stacks whose newest frames are ``newest`` (oldest
-        first), and ``[T]`` bool: every frame of the stack is still in the ring (only
+        """``[N, k]`` global ids of the N stacks whose newest frames are ``newest`` (``[N]``,
+        oldest first), and ``[N]`` bool: every frame of the stack is still in the ring (only
         computed with ``check``; else all True)."""
         g = np.asarray(newest, dtype=np.int64)
         k, f = self.stack, self.frame_capacity
@@ -367,10 +369,11 @@ class FrameStorage:
         # 3. Items: alive iff every stack resolves to frames still in the ring.
         alive = np.ones(t, dtype=bool)
         oldest = np.full(t, np.iinfo(np.int64).max, dtype=np.int64)
+        per = int(np.prod(self.lead, dtype=np.int64))  # stacks per item and field
         for g in newest_g:
             ids, ok = self._chain(g.reshape(-1), check=True)
-            alive &= ok.reshape(t, -1).all(axis=1)
-            oldest = np.minimum(oldest, ids[:, 0].reshape(t, -1).min(axis=1, initial=np.iinfo(np.int64).max))
+            alive &= ok.reshape(t, per).all(axis=1)
+            oldest = np.minimum(oldest, ids[:, 0].reshape(t, per).min(axis=1, initial=np.iinfo(np.int64).max))
         alive &= oldest >= self._swept_to
         start_key = self._inserted
         keys = np.arange(start_key, start_key + t, dtype=np.int64)

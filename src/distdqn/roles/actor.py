@@ -317,7 +317,8 @@ class Actor:
         self._chunk_restarts = int(state["chunk_restarts"])
         fr = state.get("frames") or {}
         if self.frame_dedup != bool(fr):
-            raise ValueError("actor checkpoint and actor disagree on frame deduplication (replay.frame_dedup)")
+            raise ValueError("actor checkpoint and actor disagree on frame deduplication (replay.frame_dedup; "
+                             "resume with the run's own setting, e.g. --set replay.frame_dedup=off)")
         if self.frames is not None:
             self.frames.load_state_dict(fr)
         if state.get("policy") and hasattr(self.policy, "load_state_dict"):  # a recurrent policy's state

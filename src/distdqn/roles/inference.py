@@ -50,8 +50,10 @@ class InferenceServer:
         self.device = torch.device(device)
         self.net = network.to(self.device).eval()
         # The slots' own policies only make the rare pass over truncated episodes' final
-        # observations (CPU tensors): on CPU they share the server's network.
-        self._slot_net = self.net if self.device.type == "cpu" else _OnDevice(self.net, self.device)
+        # observations (CPU tensors): on CPU they share the server's network. A recurrent
+        # agent's slots make none (its passes are batched_forward's), so they share it too.
+        recurrent = hasattr(agent, "batched_forward")
+        self._slot_net = self.net if self.device.type == "cpu" or recurrent else _OnDevice(self.net, self.device)
         self._slot_cfg = dataclasses.replace(cfg.actor, trace_network=False)
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.slots: list[Actor | None] = [None] * num_slots

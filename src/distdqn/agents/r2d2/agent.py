@@ -83,8 +83,8 @@ class RecurrentEpsilonGreedy:
                 "prev_reward": torch.from_numpy(s.prev_reward), "h": s.h, "c": s.c}
 
     def pass_outputs(self, out: dict[str, torch.Tensor]) -> np.ndarray:
-        """This policy's rows of the batched pass: the new state moves in; ``[E, A]`` Q-values
-        for :meth:`choose`."""
+        """This policy's rows of the batched pass (``q [E, A]``, ``h``/``c [E, lstm_size]``
+        float32): the new state moves in; returns the Q-values for :meth:`choose`."""
         self.state.h, self.state.c = out["h"], out["c"]
         return out["q"].numpy()
 
@@ -149,13 +149,16 @@ class R2D2Agent:
 
     def frame_capacity(self, capacity: int) -> int:
         """Frame slots of a frame-deduplicating replay of ``capacity`` sequences: each brings
-        about ``sequence_period`` new frames, and while one fills (T + 1 steps, then up to
-        a chunk's wait) every env of the run writes frames (the lag a sequence's oldest
-        frame must survive)."""
+        about ``sequence_period`` new frames; and while one fills, every env of the run
+        writes frames, the lag its oldest frame must survive: its T steps and the k - 1
+        frames before its first stack, a chunk's wait on each side (its own and a slower
+        producer's), and a period for sub-envs whose sequences complete together."""
         c, period = self.cfg, self.cfg.r2d2.sequence_period
         envs = c.actor.num_actors * c.env.envs_per_actor
-        chunk_wait = -(-c.actor.chunk_size * period // max(c.env.envs_per_actor, 1))
-        return default_frame_capacity(capacity, period, lag=(self.steps + 1 + chunk_wait) * envs)
+        per_producer = c.env.envs_per_actor // (c.inference.splits if c.topology == "seed" else 1)
+        chunk_wait = -(-c.actor.chunk_size * period // max(per_producer, 1))
+        k = int(self.spaces.obs_shape[0])
+        return default_frame_capacity(capacity, period, lag=(self.steps + k + 2 * chunk_wait + period) * envs)
 
     def make_policy(self, network: nn.Module, example_obs: np.ndarray, *, actor_id: int, num_actors: int,
                     rng: np.random.Generator, compute_values: bool) -> RecurrentEpsilonGreedy:
@@ -180,8 +183,9 @@ class R2D2Agent:
 
     @staticmethod
     def batched_forward(network: nn.Module, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One acting step of many sub-envs (the concatenated
-        :meth:`RecurrentEpsilonGreedy.pass_inputs`): ``q [N, A]`` and the new ``h``/``c``."""
+        """One acting step of N sub-envs (the concatenated
+        :meth:`RecurrentEpsilonGreedy.pass_inputs`): ``q [N, A]`` and the new ``h``/``c``
+        ``[N, lstm_size]``, float32."""
         q, (h, c) = network(rows["obs"].unsqueeze(1), rows["prev_action"].unsqueeze(1),
                             rows["prev_reward"].unsqueeze(1), (rows["h"], rows["c"]))
         return {"q": q[:, 0], "h": h, "c": c}

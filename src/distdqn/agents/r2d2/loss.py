@@ -107,12 +107,15 @@ def n_step_targets(q_online: torch.Tensor, q_target: torch.Tensor, reward: torch
 
 def r2d2_loss(online: nn.Module, target: nn.Module, batch: Batch, autocast: contextlib.AbstractContextManager | None = None,
               *, burn_in: int, n_step: int, gamma: float, eta: float, eps: float, kind: str = "mse") -> LossOutput:
-    """The loss of a batch of sequences (module docstring); priorities ``[B]``."""
+    """The loss of a batch of sequences (module docstring); priorities ``[B]``. ``autocast``
+    (``learner.mixed_precision``) covers the unrolls; targets and loss are float32."""
     d = batch.data
-    q = unroll(online, batch, burn_in)  # [B, T+1, A]
+    with autocast if autocast is not None else contextlib.nullcontext():
+        q = unroll(online, batch, burn_in).float()  # [B, T+1, A]
+        with torch.no_grad():
+            q_t = unroll(target, batch, burn_in).float()
     mask = trained_steps(batch, burn_in)  # [B, T]
     with torch.no_grad():
-        q_t = unroll(target, batch, burn_in)
         # windows look forward only, so the trained steps' mask also ends them at the episode's end
         y = n_step_targets(q.detach(), q_t, d["reward"].float(), d["terminated"].float(), mask, n_step, gamma, eps)
     q_sa = q[:, :-1].gather(2, d["action"].unsqueeze(2)).squeeze(2)
