@@ -151,7 +151,8 @@ class Chunk:
     - *frame-deduplicated* (spec fields with ``Field.frames`` set, ``replay.frame_dedup``):
       those fields are left out of ``data``; ``frames`` holds the new frames (each once)
       and ``data[field.frames]`` the ``[T, *lead]`` int64 actor frame id of each item's
-      stacks' newest frames (``[T]`` for one stack per item; :class:`FrameBlock`). Only a frame-deduplicating replay can store it.
+      stacks' newest frames (``[T]`` for one stack per item; :class:`FrameBlock`). Only a
+      frame-deduplicating replay can store it.
 
     Fields are also attributes: ``chunk.reward`` is ``chunk.data["reward"]`` (assigning to
     it replaces the array); a spec field the chunk does not carry reads as None.

@@ -105,8 +105,8 @@ def n_step_targets(q_online: torch.Tensor, q_target: torch.Tensor, reward: torch
     return h(ret + disc * bootstrap, eps)
 
 
-def r2d2_loss(online: nn.Module, target: nn.Module, batch: Batch, autocast: contextlib.AbstractContextManager | None = None,
-              *, burn_in: int, n_step: int, gamma: float, eta: float, eps: float, kind: str = "mse") -> LossOutput:
+def r2d2_loss(online: nn.Module, target: nn.Module, batch: Batch,
+              autocast: contextlib.AbstractContextManager | None = None, *, burn_in: int, n_step: int, gamma: float, eta: float, eps: float, kind: str = "mse") -> LossOutput:
     """The loss of a batch of sequences (module docstring); priorities ``[B]``. ``autocast``
     (``learner.mixed_precision``) covers the unrolls; targets and loss are float32."""
     d = batch.data
@@ -127,4 +127,5 @@ def r2d2_loss(online: nn.Module, target: nn.Module, batch: Batch, autocast: cont
     per_seq = (per * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
     loss = (batch.weights.to(per_seq.dtype) * per_seq).mean()
     prio = mixed_priorities(td.detach().abs(), mask, eta)
-    return LossOutput(loss=loss, priorities=prio, metrics={"q_mean": float((q_sa.detach() * mask).sum() / mask.sum().clamp(min=1.0))})
+    q_mean = float((q_sa.detach() * mask).sum() / mask.sum().clamp(min=1.0))
+    return LossOutput(loss=loss, priorities=prio, metrics={"q_mean": q_mean})
