@@ -19,7 +19,7 @@ from test_runtime import (  # noqa: F401  (autouse fixture)
     run_serial_cfg,
 )
 
-from distdqn.config import ConfigError
+from distdqn.config import ConfigError, inference_batch
 from distdqn.envs import env_spaces
 from distdqn.program import build_agent, build_network
 from distdqn.roles.actor import Actor, ActorSpec
@@ -187,7 +187,7 @@ def test_seed_with_the_r2d2_agent_takes_both_sets_of_defaults_and_runs_serially(
     halves; the serial run is deterministic and its sequences reach the learner."""
     cfg = config_with({"preset": "seed", "agent": "r2d2"})
     assert (cfg.learner.gamma, cfg.replay.priority_exponent, cfg.actor.n_step) == (0.997, 0.9, 5)
-    assert (cfg.env.envs_per_actor, cfg.inference.max_batch) == (8, 8)
+    assert (cfg.env.envs_per_actor, inference_batch(cfg)) == (8, 8)
     with pytest.raises(ConfigError, match="agent='r2d2' with topology='gorila'.*apex, seed"):
         config_with({"agent": "r2d2", "topology": "gorila"})
     cfg = config_with({"preset": "seed", "agent": "r2d2"}, runtime="serial", total_env_steps=2000, progress=False,

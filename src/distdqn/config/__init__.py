@@ -30,7 +30,7 @@ from distdqn.config.schema import (
     RayConfig,
     ReplayConfig,
 )
-from distdqn.config.validate import error_buffer, sample_unit, validate
+from distdqn.config.validate import error_buffer, inference_batch, sample_unit, validate
 
 __all__ = [
     "AGENT_TOPOLOGIES",
@@ -55,6 +55,7 @@ __all__ = [
     "from_dict",
     "load_yaml",
     "replace",
+    "inference_batch",
     "sample_unit",
     "to_dict",
     "validate",

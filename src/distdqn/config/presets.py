@@ -53,9 +53,9 @@ TOPOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # Synchronous data-parallel learners (all-reduce every step, or local SGD + averaging).
     "sync": {"learner": {"num_learners": 2, "sync_mode": "allreduce", "batches_per_sample": 1}},
     # SEED RL: Ape-X's learning step; each env worker's envs in two halves of 4 (double
-    # buffering). A pass is due once one half of every worker waits (2 x 4 observations), so
-    # that the halves do not fall into step with each other.
-    "seed": {"env": {"envs_per_actor": 8}, "inference": {"max_batch": 8}},
+    # buffering). A pass is due once one half of every worker waits (inference.max_batch's
+    # default), so that the halves do not fall into step with each other.
+    "seed": {"env": {"envs_per_actor": 8}},
     # IMPALA: unrolls through a bounded FIFO (each read once; a full queue pauses the actors)
     # to one learner that publishes after every update. Sizes in unrolls.
     "impala": {"replay": {"kind": "fifo", "capacity": 256, "min_replay_size": 32, "samples_per_insert": 0.0},

@@ -266,8 +266,10 @@ class InferenceConfig:
     Env workers are the ``actor.num_actors`` actors with ``env.envs_per_actor`` envs each;
     the server batches their requests dynamically (as Sample Factory and TorchRL do)."""
 
-    max_batch: int = 64
-    """Observations at which a forward pass runs at once (a pass never takes more)."""
+    max_batch: int | None = None
+    """Observations at which a forward pass runs at once (a pass never takes more). None:
+    one half of every worker (``num_actors x envs_per_actor / splits``), so that a pass
+    does not wait for halves that are stepping (:func:`distdqn.config.inference_batch`)."""
     max_wait_ms: float = 1.0
     """Longest wait of the oldest waiting request before a smaller batch runs, in ms."""
     splits: int = 2

@@ -163,7 +163,8 @@ def validate(cfg: _Config) -> None:
         _check(r2.sequence_period <= r2.sequence_length + r2.burn_in, "r2d2.sequence_period", r2.sequence_period,
                f"<= r2d2.burn_in + r2d2.sequence_length ({r2.burn_in + r2.sequence_length}): every step in a sequence")
     inf = cfg.inference
-    _check(inf.max_batch >= 1, "inference.max_batch", inf.max_batch, pos)
+    _check(inf.max_batch is None or inf.max_batch >= 1, "inference.max_batch", inf.max_batch,
+           "an integer > 0, or null (one half of every worker)")
     _check(inf.max_wait_ms >= 0, "inference.max_wait_ms", inf.max_wait_ms, "a number of ms >= 0")
     _check(inf.splits in (1, 2), "inference.splits", inf.splits, "1 or 2")
     if cfg.topology == "seed":
@@ -181,6 +182,14 @@ def sample_unit(cfg: _Config) -> int:
     for a synchronous round."""
     m = cfg.learner.num_learners if cfg.topology == "sync" else cfg.learner.batches_per_sample
     return cfg.learner.batch_size * m
+
+
+def inference_batch(cfg: _Config) -> int:
+    """``inference.max_batch``, resolving the ``None`` default: one half of every worker."""
+    inf = cfg.inference
+    if inf.max_batch is not None:
+        return int(inf.max_batch)
+    return max(1, cfg.actor.num_actors * cfg.env.envs_per_actor // inf.splits)
 
 
 def error_buffer(cfg: _Config) -> float:

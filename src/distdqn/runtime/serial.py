@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.config import ExperimentConfig
+from distdqn.config import ExperimentConfig, inference_batch
 from distdqn.envs import EnvSpaces
 from distdqn.program import (
     build_actor,
@@ -149,7 +149,7 @@ class SerialSeed:
         actions: list[np.ndarray] = []
         group: list[int] = []
         for k in slots:
-            if group and (len(group) + 1) * server.num_envs(k) > self.cfg.inference.max_batch:
+            if group and (len(group) + 1) * server.num_envs(k) > inference_batch(self.cfg):
                 actions += server.infer(group)
                 group = []
             group.append(k)

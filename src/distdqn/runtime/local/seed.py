@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distdqn.config import ExperimentConfig
+from distdqn.config import ExperimentConfig, inference_batch
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_env_worker, build_inference_server
 from distdqn.roles.env_worker import HalfStep
@@ -172,7 +172,7 @@ class _Server:
                  conns: list, out_conn: Any):
         self.cfg, self.block, self.conns, self.out_conn = cfg, block, conns, out_conn
         self.splits = cfg.inference.splits
-        self.batcher = DynamicBatcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1000.0)
+        self.batcher = DynamicBatcher(inference_batch(cfg), cfg.inference.max_wait_ms / 1000.0)
         self.server = build_inference_server(cfg, spaces, generation)
         self.views = [block.views(r) for r in raws]
         self.gens = [-1] * len(conns)

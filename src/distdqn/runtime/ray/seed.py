@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from distdqn.config import ExperimentConfig
+from distdqn.config import ExperimentConfig, inference_batch
 from distdqn.core import Chunk
 from distdqn.envs import EnvSpaces
 from distdqn.program import build_env_worker, build_inference_server
@@ -101,7 +101,7 @@ class RaySeedLoop:
         self.splits = cfg.inference.splits
         self.server = build_inference_server(cfg, spaces, generation)
         self.workers = [RemoteRole(ray.get_actor(host), role) for host, role in workers]
-        self.batcher = DynamicBatcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1000.0)
+        self.batcher = DynamicBatcher(inference_batch(cfg), cfg.inference.max_wait_ms / 1000.0)
         self.pending: dict[Any, int] = {}  # call in flight -> slot
         self.worker_inc: list[int | None] = [None] * len(self.server.slots)
         self.retry: dict[int, float] = {}  # slot -> when to call its lost worker again
