@@ -197,9 +197,10 @@ def test_frozen_lake_without_slipping_is_solved(tmp_path):
 def test_small_grid_is_learned_with_the_small_cnn(tmp_path):
     """``network.kind: auto`` picks the small CNN for the 10x10x4 bool grid, which learns
     the task: a random walk's return is about -0.4, the best about 0.87. The CartPole-tuned
-    learning rate (8e-3) is too high for a CNN, as it is for Atari's."""
+    learning rate (8e-3) is too high for a CNN, as it is for Atari's. Four samples per
+    insert (2,484 updates) learn it as well as sixteen, in a third of the time."""
     s = _serial(tmp_path, "r", 40_000, **{"env.id": "distdqn/Grid-v0", "eval.eval_episodes": 20,
-                                         "learner.learning_rate": 1e-3,
+                                         "learner.learning_rate": 1e-3, "replay.samples_per_insert": 4.0,
                                          "actor.epsilon_decay_steps": 10_000})
     assert s["final_eval_return"] >= 0.7, s
 
