@@ -72,11 +72,9 @@ from distdqn.core import Chunk, ItemSpec
 from distdqn.replay.storage import check_rows, load_columns, ring_write
 
 MAX_SEGMENTS = 256
-"""Recent chunks per stream whose actor ids can still be resolved. A transition refers to
-frames at most ``n_step`` vector steps older than its chunk, a sequence to frames at most
-its ``T + 1`` steps older, and every chunk covers at least one vector step; so this holds
-for sequences of up to 255 steps (:func:`distdqn.program.frame_dedup_enabled` refuses
-longer ones)."""
+"""Recent chunks per stream whose actor ids can still be resolved: an item names frames at
+most ``n_step`` (a transition) or ``T + 1`` (a sequence; ``frame_dedup_enabled`` refuses
+T > 254) vector steps older than its chunk, and a chunk covers one vector step or more."""
 
 SWEEP_FRACTION = 256
 """The kill sweep looks ``frame_capacity // SWEEP_FRACTION`` frames ahead of the cutoff."""
