@@ -92,8 +92,7 @@ def check_replay_memory(cfg: ExperimentConfig, spaces: EnvSpaces, memory_bytes: 
     """
     spec, capacity = item_spec(cfg, spaces), cfg.replay.capacity
     if spec.frame_fields():
-        ring = getattr(build_agent(cfg, spaces), "frame_capacity", default_frame_capacity)
-        total = frame_storage_bytes(capacity, spec, ring(capacity))
+        total = frame_storage_bytes(capacity, spec, frame_ring(cfg, spaces, capacity))
     else:
         total = capacity * sum(int(np.prod(f.shape)) * f.np_dtype.itemsize for _, f in spec.fields)
     per_item = -(-total // max(capacity, 1))
@@ -108,6 +107,14 @@ def check_replay_memory(cfg: ExperimentConfig, spaces: EnvSpaces, memory_bytes: 
                           f"at most {fits:,} here: each item takes {per_item:,} bytes, so {capacity:,} "
                           f"need {total / 2**30:.1f} GiB of the {memory_bytes / 2**30:.1f} GiB this machine has")
     return total
+
+
+def frame_ring(cfg: ExperimentConfig, spaces: EnvSpaces, capacity: int) -> int:
+    """Frame slots of a frame-deduplicating replay of ``capacity`` items: the agent's
+    ``frame_capacity`` (items of more than one new frame: R2D2's sequences), else
+    :func:`~distdqn.replay.frame_storage.default_frame_capacity`."""
+    ring = getattr(build_agent(cfg, spaces), "frame_capacity", default_frame_capacity)
+    return int(ring(capacity))
 
 
 def build_agent(cfg: ExperimentConfig, spaces: EnvSpaces) -> Agent:
@@ -200,8 +207,7 @@ def build_replay(cfg: ExperimentConfig, spaces: EnvSpaces, shard: int = 0, num_s
     spec = item_spec(cfg, spaces)
     if cfg.replay.placement == "per_actor":
         return ReplayPools(rcfg, unit, spec, seed, num_pools=cfg.actor.num_actors)
-    ring = getattr(build_agent(cfg, spaces), "frame_capacity", None)  # items of more than one new frame
-    frames = ring(rcfg.capacity) if ring is not None and spec.frame_fields() else None
+    frames = frame_ring(cfg, spaces, rcfg.capacity) if spec.frame_fields() else None
     return make_replay(rcfg, unit, spec, seed, frame_capacity=frames)
 
 

@@ -85,6 +85,7 @@ class Actor:
         self._chunk_trigger = agent.chunk_trigger(cfg.chunk_size, self.num_envs)
         # A recurrent policy hears of every step (its previous action and reward, episode ends).
         self._after_step = getattr(self.policy, "after_step", None)
+        self._reset_state = getattr(self.policy, "reset_state", None)  # and starts over with a new env
 
     def _started(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` of sub-envs that all just started an episode (their reset frames numbered)."""
@@ -192,9 +193,8 @@ class Actor:
             self._chunk_restarts += 1
             self._obs = self._started(self.runner.obs_after_restart)
             self.adder.reset()
-            reset_state = getattr(self.policy, "reset_state", None)  # a recurrent policy starts over
-            if reset_state is not None:
-                reset_state()
+            if self._reset_state is not None:
+                self._reset_state()
             return None
         next_obs, reward, terminated, truncated, info = out
         self._since_sync += 1
@@ -326,6 +326,5 @@ class Actor:
         if not replayed:
             self.adder.reset()
             self._obs = self._started(self.runner.reset_all())
-            reset_state = getattr(self.policy, "reset_state", None)
-            if reset_state is not None:
-                reset_state()
+            if self._reset_state is not None:
+                self._reset_state()

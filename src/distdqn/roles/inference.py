@@ -52,8 +52,8 @@ class InferenceServer:
         # The slots' own policies only make the rare pass over truncated episodes' final
         # observations (CPU tensors): on CPU they share the server's network. A recurrent
         # agent's slots make none (its passes are batched_forward's), so they share it too.
-        recurrent = hasattr(agent, "batched_forward")
-        self._slot_net = self.net if self.device.type == "cpu" or recurrent else _OnDevice(self.net, self.device)
+        self._recurrent = hasattr(agent, "batched_forward")
+        self._slot_net = self.net if self.device.type == "cpu" or self._recurrent else _OnDevice(self.net, self.device)
         self._slot_cfg = dataclasses.replace(cfg.actor, trace_network=False)
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.slots: list[Actor | None] = [None] * num_slots
@@ -112,7 +112,7 @@ class InferenceServer:
         """One forward pass over the current observations of ``slots``; each slot's
         epsilon-greedy actions (``[H]`` int64), kept for its next :meth:`observe`."""
         actors = [self.slots[k] for k in slots]
-        if hasattr(actors[0].policy, "pass_inputs"):
+        if self._recurrent:
             qs = self._recurrent_pass(actors)
         else:
             obs = np.concatenate([a.obs for a in actors]) if len(actors) > 1 else actors[0].obs

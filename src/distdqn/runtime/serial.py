@@ -148,8 +148,9 @@ class SerialSeed:
         slots = [w * s + h for w in range(len(self.workers))]
         actions: list[np.ndarray] = []
         group: list[int] = []
+        max_batch = inference_batch(self.cfg)
         for k in slots:
-            if group and (len(group) + 1) * server.num_envs(k) > inference_batch(self.cfg):
+            if group and (len(group) + 1) * server.num_envs(k) > max_batch:
                 actions += server.infer(group)
                 group = []
             group.append(k)

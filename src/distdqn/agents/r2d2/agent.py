@@ -26,6 +26,15 @@ from distdqn.envs import EnvSpaces
 from distdqn.replay.frame_storage import default_frame_capacity
 
 
+def acting_step(net: nn.Module, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor,
+                h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of N sub-envs through the recurrent network: ``obs [N, *obs_shape]``,
+    ``prev_action [N]`` int64, ``prev_reward [N]``, ``h``/``c [N, lstm_size]`` ->
+    ``(q [N, A], h, c)``, float32."""
+    q, (h, c) = net(obs.unsqueeze(1), prev_action.unsqueeze(1), prev_reward.unsqueeze(1), (h, c))
+    return q[:, 0], h, c
+
+
 class RecurrentState:
     """E sub-envs' LSTM state and previous action/reward, stepped through ``net`` one
     observation at a time (acting and evaluation)."""
@@ -39,9 +48,9 @@ class RecurrentState:
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         """``[E, A]`` Q-values for ``obs`` ``[E, *obs_shape]``; the state moves on."""
         with torch.inference_mode():
-            q, (self.h, self.c) = self.net(obs.unsqueeze(1), torch.from_numpy(self.prev_action).unsqueeze(1),
-                                           torch.from_numpy(self.prev_reward).unsqueeze(1), (self.h, self.c))
-        return q[:, 0]
+            q, self.h, self.c = acting_step(self.net, obs, torch.from_numpy(self.prev_action),
+                                            torch.from_numpy(self.prev_reward), self.h, self.c)
+        return q
 
     def after_step(self, actions: np.ndarray, reward: np.ndarray, done: np.ndarray) -> None:
         """The step's actions and rewards become the previous ones; sub-envs whose episode
@@ -66,19 +75,22 @@ class RecurrentEpsilonGreedy:
         self.eg = EpsilonGreedy(cfg, net, num_envs, num_actions, actor_id, num_actors, rng, compute_values=False)
         self._before: dict[str, np.ndarray] = {}
 
-    def act(self, obs: np.ndarray, env_steps: int) -> np.ndarray:
+    def _keep_before(self) -> None:
+        """The state the sub-envs act from now: the acting values (the stored state)."""
         s = self.state
         self._before = {"h": s.h.numpy().copy(), "c": s.c.numpy().copy(), "prev_action": s.prev_action.copy(),
                         "prev_reward": s.prev_reward.copy()}
-        return self.eg.choose(s(torch.from_numpy(obs)).numpy(), env_steps)
+
+    def act(self, obs: np.ndarray, env_steps: int) -> np.ndarray:
+        self._keep_before()
+        return self.eg.choose(self.state(torch.from_numpy(obs)).numpy(), env_steps)
 
     def pass_inputs(self, obs: np.ndarray) -> dict[str, torch.Tensor]:
         """The rows of a batched pass over many policies' sub-envs (SEED RL's central
         inference, :meth:`R2D2Agent.batched_forward`): ``obs [E, *obs_shape]``,
         ``prev_action [E]`` int64, ``prev_reward [E]`` float32, ``h``/``c [E, lstm_size]``."""
+        self._keep_before()
         s = self.state
-        self._before = {"h": s.h.numpy().copy(), "c": s.c.numpy().copy(), "prev_action": s.prev_action.copy(),
-                        "prev_reward": s.prev_reward.copy()}
         return {"obs": torch.from_numpy(obs), "prev_action": torch.from_numpy(s.prev_action),
                 "prev_reward": torch.from_numpy(s.prev_reward), "h": s.h, "c": s.c}
 
@@ -186,9 +198,8 @@ class R2D2Agent:
         """One acting step of N sub-envs (the concatenated
         :meth:`RecurrentEpsilonGreedy.pass_inputs`): ``q [N, A]`` and the new ``h``/``c``
         ``[N, lstm_size]``, float32."""
-        q, (h, c) = network(rows["obs"].unsqueeze(1), rows["prev_action"].unsqueeze(1),
-                            rows["prev_reward"].unsqueeze(1), (rows["h"], rows["c"]))
-        return {"q": q[:, 0], "h": h, "c": c}
+        q, h, c = acting_step(network, rows["obs"], rows["prev_action"], rows["prev_reward"], rows["h"], rows["c"])
+        return {"q": q, "h": h, "c": c}
 
     @staticmethod
     def greedy(outputs: torch.Tensor) -> torch.Tensor:
