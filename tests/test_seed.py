@@ -257,7 +257,7 @@ def test_local_seed_learns_cartpole(tmp_path):
 
 def test_seed_bench_rows_compare_the_same_envs_and_processes():
     from distdqn.bench.cli import bench_mode
-    from distdqn.bench.seed_rows import topology_config
+    from distdqn.bench.seed_rows import latency_config, topology_config
 
     cfg = config_with({}, **{"actor.num_actors": 2})
     apex, seed = topology_config(cfg, "apex", 64), topology_config(cfg, "seed", 64)
@@ -265,4 +265,6 @@ def test_seed_bench_rows_compare_the_same_envs_and_processes():
     assert apex.env.envs_per_actor == seed.env.envs_per_actor == 64
     assert apex.actor.num_actors == seed.actor.num_actors == 2
     assert seed.inference.max_batch == 64  # one half of each of the 2 workers
+    rt = latency_config(cfg)  # the round-trip run: every pass one request of 64
+    assert (rt.topology, rt.actor.num_actors, rt.env.envs_per_actor, rt.inference.max_batch) == ("seed", 1, 128, 64)
     assert bench_mode(cfg, "seed") == "seed"

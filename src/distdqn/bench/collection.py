@@ -17,6 +17,7 @@ import torch
 from distdqn.agents.dqn.agent import apex_epsilons
 from distdqn.agents.inference import trace_for_inference
 from distdqn.bench.common import COLLECTION_ROUNDS, local_run, steady_state, timed
+from distdqn.bench.cpu import CpuMeter
 from distdqn.bench.report import BenchError, say
 from distdqn.config import ExperimentConfig, replace
 from distdqn.envs import EnvSpaces, make_vector_env
@@ -118,6 +119,9 @@ def measure_collection(
     ceiling's; ``warm_env_steps`` overrides that) and at least one log period past the
     first collected env steps; the budget is sized from ``expected_sps`` (the ceiling) so
     the measured window lasts at least ``seconds`` (longer by the inverse of the ratio).
+    ``cores`` (None when not measured) is the mean number of cores its processes kept busy
+    in that window (:class:`~distdqn.bench.cpu.CpuMeter`), and ``cpu_us_per_env_step`` the
+    CPU microseconds one env step cost there.
     """
     warm = cfg.actor.epsilon_decay_steps if cfg.actor.epsilon_schedule == "linear" else 0
     if warm_env_steps is not None:
@@ -126,10 +130,14 @@ def measure_collection(
     c = replace(cfg, **{"replay.samples_per_insert": 0.0, "eval.eval_period": 0, "eval.target_return": None,
                         "total_env_steps": budget, "log_period": 0.5, "checkpoint_period": 0})
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = local_run(c, spaces, run_dir, collect_only=True)
+    with CpuMeter(run_dir / "metrics.csv") as meter:
+        summary = local_run(c, spaces, run_dir, collect_only=True)
     steady = steady_state(run_dir, warm)
+    cores = meter.cores(steady.start_s, steady.end_s) if steady else None
     return {
         "sps": steady.sps if steady else summary["sps"],
+        "cores": cores,
+        "cpu_us_per_env_step": cores * 1e6 / steady.sps if cores is not None and steady.sps > 0 else None,
         "steady_state": asdict(steady) if steady else None,
         "summary_sps": summary["sps"],
         "total_env_steps": budget,

@@ -77,13 +77,16 @@ def timed(fn: Callable[[], Any], seconds: float, sync: Callable[[], None] | None
 
 @dataclass
 class SteadyState:
-    """Rates over a window of ``metrics.csv`` rows that excludes start-up and shutdown."""
+    """Rates over a window of ``metrics.csv`` rows that excludes start-up and shutdown;
+    the window runs from ``start_s`` to ``end_s`` (the rows' ``wall_time``, seconds)."""
 
     sps: float
     ups: float
     window_s: float
     env_steps: int
     rows: int
+    start_s: float = 0.0
+    end_s: float = 0.0
 
 
 def steady_state(run_dir: Path, warm_env_steps: int = 0) -> SteadyState | None:
@@ -106,7 +109,8 @@ def steady_state(run_dir: Path, warm_env_steps: int = 0) -> SteadyState | None:
         return None
     (s0, u0, t0), (s1, u1, t1) = window[0], window[-1]
     dt = max(t1 - t0, 1e-9)
-    return SteadyState(sps=(s1 - s0) / dt, ups=(u1 - u0) / dt, window_s=dt, env_steps=s1 - s0, rows=len(window))
+    return SteadyState(sps=(s1 - s0) / dt, ups=(u1 - u0) / dt, window_s=dt, env_steps=s1 - s0, rows=len(window),
+                       start_s=t0, end_s=t1)
 
 
 def base_config(env_id: str, actors: int) -> ExperimentConfig:

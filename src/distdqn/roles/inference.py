@@ -27,8 +27,10 @@ from distdqn.roles.env_worker import HalfLink, HalfStep
 
 SEED_COLUMNS = ("inference_batch", "inference_latency_ms_p50", "inference_latency_ms_p99", "env_step_share")
 """Metrics-row columns of topology seed: mean observations per forward pass; the round trip
-from an env worker's request to its actions, as the worker sees it (p50, p99; local runtime);
-the share of the env workers' time spent stepping envs (local runtime)."""
+from an env worker's request to its actions (p50, p99; local runtime): it ends when the
+actions arrive if the worker was waiting for them, else when the server sent them (a worker
+busy with its other half is not waiting on inference); the share of the env workers' time
+spent stepping envs (local runtime)."""
 
 
 class InferenceServer:

@@ -58,8 +58,9 @@ STATS_PERIOD_S = 0.5
 class WorkerBlock:
     """The shared-memory layout of one env worker: per half, ``next_obs``/``reset_obs``
     ``[H, *obs_shape]``, ``reward`` float64, ``terminated``/``truncated`` bool, ``actions``
-    int64, the ended episodes' ``ep_return``/``ep_length`` and their count, flags; and the
-    worker's timing (``latency`` ring in seconds, ``env_time``/``wall`` seconds)."""
+    int64, the ended episodes' ``ep_return``/``ep_length`` and their count, flags, when the
+    server sent the actions (``replied``, ``time.perf_counter`` seconds); and the worker's
+    timing (``latency`` ring in seconds, ``env_time``/``wall`` seconds)."""
 
     def __init__(self, splits: int, half_envs: int, obs_shape: tuple[int, ...], obs_dtype: Any):
         h = half_envs
@@ -70,7 +71,8 @@ class WorkerBlock:
                              (f"reward{k}", (h,), np.float64), (f"terminated{k}", (h,), np.bool_),
                              (f"truncated{k}", (h,), np.bool_), (f"actions{k}", (h,), np.int64),
                              (f"ep_return{k}", (h,), np.float64), (f"ep_length{k}", (h,), np.int64),
-                             (f"flags{k}", (3,), np.int64)]  # episodes ended, reset rows valid, restarted
+                             (f"flags{k}", (3,), np.int64),  # episodes ended, reset rows valid, restarted
+                             (f"replied{k}", (1,), np.float64)]  # when the server sent the actions
         self._fields += [("latency", (LATENCY_RING,), np.float64), ("timing", (3,), np.float64)]  # n, env, wall
         self.nbytes = 0
         self._offsets = []
@@ -140,7 +142,8 @@ def env_worker_main(worker_id: int, generation: int, cfg: ExperimentConfig, bloc
         t_start, env_time, n = time.perf_counter(), 0.0, 0
         timing, latency = v["timing"], v["latency"]
         while True:
-            if not conn.poll(POLL_S):
+            waiting = not conn.poll()
+            if waiting and not conn.poll(POLL_S):
                 if _stopping(stop_event, parent):
                     return
                 continue
@@ -148,7 +151,11 @@ def env_worker_main(worker_id: int, generation: int, cfg: ExperimentConfig, bloc
             if kind != ACT or g != generation:
                 continue  # meant for an earlier generation of this worker
             t0 = time.perf_counter()
-            latency[n % LATENCY_RING] = t0 - sent[h]
+            # The round trip ends when the actions arrive: now, if this worker was waiting for
+            # them; when the server sent them, if they were already here (the worker was
+            # stepping its other half, which is no part of the inference's round trip).
+            # perf_counter is CLOCK_MONOTONIC, one clock for every process of the machine.
+            latency[n % LATENCY_RING] = (t0 if waiting else float(v[f"replied{h}"][0])) - sent[h]
             step = worker.step(h, v[f"actions{h}"].copy())
             t1 = time.perf_counter()
             env_time += t1 - t0
@@ -227,6 +234,7 @@ class _Server:
             for k, actions in zip(group, self.server.infer(group)):
                 w, h = divmod(k, self.splits)
                 self.views[w][f"actions{h}"][...] = actions
+                self.views[w][f"replied{h}"][0] = time.perf_counter()
                 self.conns[w].send_bytes(_MSG.pack(ACT, h, self.gens[w]))
 
     def timeout(self) -> float:
